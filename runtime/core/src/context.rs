@@ -1,0 +1,131 @@
+//! What every actor of one supervision tree shares: the reaper, the output sink, the
+//! event observer, the jitter source and the final reports.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bottle_proc::Reaper;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::exit::{ExitClass, Termination};
+use crate::output::LineSink;
+use crate::policy::Decision;
+use crate::report::SupervisorReport;
+
+/// Something that happened in the tree, for observers (logs, tests, the chaos check).
+#[derive(Clone, Debug)]
+pub enum TreeEvent {
+    /// A child started (and, with a readiness check, became ready).
+    Started {
+        /// `root/sub/name`.
+        path: String,
+        /// When.
+        at: Instant,
+        /// The process id, for process children.
+        pid: Option<i32>,
+    },
+    /// A child ended on its own or failed to start.
+    Exited {
+        /// `root/sub/name`.
+        path: String,
+        /// When.
+        at: Instant,
+        /// What happened.
+        termination: Termination,
+        /// How it was classified.
+        class: ExitClass,
+    },
+    /// The supervisor decided what to do about an exit.
+    Decided {
+        /// The child the decision is about.
+        path: String,
+        /// When.
+        at: Instant,
+        /// The decision.
+        decision: Decision,
+    },
+    /// A child was stopped on purpose (group restart, operator restart, shutdown).
+    Stopped {
+        /// `root/sub/name`.
+        path: String,
+        /// When.
+        at: Instant,
+    },
+}
+
+/// Receives [`TreeEvent`]s. Must be cheap and must not block.
+pub type Observer = Arc<dyn Fn(&TreeEvent) + Send + Sync>;
+
+/// Shared by all actors of one tree.
+#[derive(Clone)]
+pub struct TreeContext {
+    pub(crate) reaper: Reaper,
+    pub(crate) sink: LineSink,
+    pub(crate) observer: Option<Observer>,
+    rng: Arc<Mutex<StdRng>>,
+    pub(crate) reports: Arc<Mutex<BTreeMap<String, SupervisorReport>>>,
+}
+
+impl std::fmt::Debug for TreeContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TreeContext").finish_non_exhaustive()
+    }
+}
+
+impl TreeContext {
+    /// A context over `reaper`, writing child output to `sink`; `seed` fixes jitter.
+    pub fn new(reaper: Reaper, sink: LineSink, observer: Option<Observer>, seed: u64) -> Self {
+        TreeContext {
+            reaper,
+            sink,
+            observer,
+            rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
+            reports: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    pub(crate) fn observe(&self, event: TreeEvent) {
+        if let Some(observer) = &self.observer {
+            observer(&event);
+        }
+    }
+
+    pub(crate) fn jitter_draw(&self) -> f64 {
+        self.rng.lock().unwrap_or_else(|p| p.into_inner()).random::<f64>()
+    }
+
+    pub(crate) fn store_report(&self, report: SupervisorReport) {
+        self.reports.lock().unwrap_or_else(|p| p.into_inner()).insert(report.path.clone(), report);
+    }
+
+    /// The last report of every supervisor in the tree, by path.
+    pub fn reports(&self) -> Vec<SupervisorReport> {
+        self.reports.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// The reaper.
+    pub fn reaper(&self) -> &Reaper {
+        &self.reaper
+    }
+}
+
+/// Where a child leaves its [`Termination`] before its actor ends, so the supervisor
+/// reads a typed outcome instead of parsing a stop-reason string.
+pub type ExitSlot = Arc<Mutex<Option<Termination>>>;
+
+pub(crate) fn new_slot() -> ExitSlot {
+    Arc::new(Mutex::new(None))
+}
+
+pub(crate) fn fill_slot(slot: &ExitSlot, termination: Termination) {
+    let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if guard.is_none() {
+        *guard = Some(termination);
+    }
+}
+
+pub(crate) fn take_slot(slot: &ExitSlot) -> Option<Termination> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+}

@@ -1,0 +1,724 @@
+//! The supervisor actor: ordered children, one restart policy for actors and processes.
+//!
+//! Hazard: a restart that starts after shutdown began leaks a daemon; a supervision
+//! event from a child we stopped on purpose must not count as a crash. So: every
+//! intentional stop first forgets the child's actor id (its later event is ignored),
+//! scheduled restarts carry an epoch that shutdown bumps, and the pure
+//! [`RestartPolicy`] refuses every decision once shutdown began.
+//! Children start in order and each `spawn_linked` returns only after the child is
+//! ready; they stop in reverse order in `post_stop`, each within its stop timeout.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
+
+use crate::context::{ExitSlot, TreeContext, TreeEvent, fill_slot, new_slot, take_slot};
+use crate::exit::{CrashRecord, ExitClass, Termination, TreeCause};
+use crate::policy::{Decision, RestartPolicy};
+use crate::process::{ProcessActor, ProcessArgs, ProcessMsg, ProcessStatus};
+use crate::report::{ChildReport, HISTORY, HistoryEntry, SupervisorReport};
+use crate::spec::{ChildSpec, ChildStart, SupervisorSpec};
+
+/// Extra time granted on top of a child's stop timeout before it is killed outright.
+const STOP_MARGIN: Duration = Duration::from_secs(1);
+
+/// Everything a supervisor can be asked to do. Closed on purpose.
+#[derive(Debug)]
+pub enum SupervisorMsg {
+    /// Sent by this supervisor's own restart timer. Ignored if `epoch` is stale
+    /// (shutdown began after it was scheduled).
+    RestartDue {
+        /// Epoch at scheduling time.
+        epoch: u64,
+        /// Children to start, in order.
+        start: Vec<usize>,
+    },
+    /// Stop every child in reverse order, then end with cause `Shutdown`. Idempotent.
+    Shutdown,
+    /// A snapshot of this subtree. Callers must use a timeout.
+    Status(RpcReplyPort<SupervisorStatus>),
+    /// Operator restart of the child at `path` (`name` or `sub/name`): stop it and
+    /// start it again at once. Not a crash, no backoff.
+    RestartChild {
+        /// Child path relative to this supervisor.
+        path: String,
+        /// Result.
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Send `signal` to the process child at `path`; replies whether it was delivered.
+    SignalChild {
+        /// Child path relative to this supervisor.
+        path: String,
+        /// Signal number.
+        signal: i32,
+        /// Result.
+        reply: RpcReplyPort<Result<bool, String>>,
+    },
+    /// Fault injection at `path` (empty path: this supervisor itself).
+    #[cfg(feature = "fault-injection")]
+    Inject {
+        /// Child path relative to this supervisor.
+        path: String,
+        /// What to do.
+        fault: crate::fault::Fault,
+        /// Result.
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+}
+
+/// A live snapshot of one child.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ChildStatus {
+    /// Its name.
+    pub name: String,
+    /// `process`, `supervisor` or `actor`.
+    pub kind: &'static str,
+    /// Whether it is up.
+    pub running: bool,
+    /// Process id, for running processes.
+    pub pid: Option<i32>,
+    /// Seconds since it became ready, for running processes.
+    pub uptime_secs: Option<f64>,
+    /// Restarts performed.
+    pub restarts: u32,
+    /// Its last termination, readable.
+    pub last_exit: Option<String>,
+    /// Its restart type.
+    pub restart: crate::policy::RestartType,
+    /// The subtree, for nested supervisors.
+    pub children: Option<Vec<ChildStatus>>,
+}
+
+/// A live snapshot of a supervisor.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SupervisorStatus {
+    /// `root/sub`.
+    pub path: String,
+    /// Whether shutdown began.
+    pub shutting_down: bool,
+    /// Children in start order.
+    pub children: Vec<ChildStatus>,
+}
+
+/// Arguments of [`SupervisorActor`].
+#[derive(Debug)]
+pub struct SupervisorArgs {
+    /// The spec (validated by the caller).
+    pub spec: SupervisorSpec,
+    /// `root` or `parent/name`.
+    pub path: String,
+    /// Shared tree context.
+    pub ctx: TreeContext,
+    /// Where this supervisor leaves its outcome for its parent.
+    pub slot: ExitSlot,
+}
+
+/// The actor (stateless; see [`SupervisorState`]).
+#[derive(Debug)]
+pub struct SupervisorActor;
+
+#[derive(Debug, Clone)]
+enum ChildHandle {
+    Process(ActorRef<ProcessMsg>),
+    Supervisor(ActorRef<SupervisorMsg>),
+    Actor(ActorCell),
+}
+
+impl ChildHandle {
+    fn cell(&self) -> ActorCell {
+        match self {
+            ChildHandle::Process(r) => r.get_cell(),
+            ChildHandle::Supervisor(r) => r.get_cell(),
+            ChildHandle::Actor(c) => c.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ChildSlot {
+    spec: ChildSpec,
+    handle: Option<ChildHandle>,
+    exit: ExitSlot,
+    starts: u32,
+    history: VecDeque<HistoryEntry>,
+    #[cfg(feature = "fault-injection")]
+    faults: crate::fault::PendingFaults,
+}
+
+impl ChildSlot {
+    fn kind(&self) -> &'static str {
+        match self.spec.start {
+            ChildStart::Process(_) => "process",
+            ChildStart::Supervisor(_) => "supervisor",
+            ChildStart::Actor(_) => "actor",
+        }
+    }
+
+    fn restarts(&self) -> u32 {
+        self.starts.saturating_sub(1)
+    }
+}
+
+/// The supervisor's state.
+#[derive(Debug)]
+pub struct SupervisorState {
+    path: String,
+    ctx: TreeContext,
+    slot: ExitSlot,
+    policy: RestartPolicy,
+    children: Vec<ChildSlot>,
+    by_actor: HashMap<ActorId, usize>,
+    epoch: u64,
+    pending: Vec<usize>,
+    cause: Option<TreeCause>,
+    first_crash: Option<CrashRecord>,
+    born: Instant,
+}
+
+impl Actor for SupervisorActor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    /// Starts every child in order, each ready before the next (OTP `start_link`).
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let SupervisorArgs { spec, path, ctx, slot } = args;
+        let policy = RestartPolicy::new(
+            spec.strategy,
+            spec.intensity,
+            spec.children.iter().map(ChildSpec::policy).collect(),
+        );
+        let children = spec
+            .children
+            .into_iter()
+            .map(|spec| ChildSlot {
+                spec,
+                handle: None,
+                exit: new_slot(),
+                starts: 0,
+                history: VecDeque::new(),
+                #[cfg(feature = "fault-injection")]
+                faults: Default::default(),
+            })
+            .collect::<Vec<_>>();
+        let mut state = SupervisorState {
+            path,
+            ctx,
+            slot,
+            policy,
+            children,
+            by_actor: HashMap::new(),
+            epoch: 0,
+            pending: Vec::new(),
+            cause: None,
+            first_crash: None,
+            born: Instant::now(),
+        };
+        let all: Vec<usize> = (0..state.children.len()).collect();
+        state.start_batch(&myself, all).await;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::RestartDue { epoch, start } => {
+                if epoch == state.epoch && !state.policy.shutting_down() {
+                    state.start_batch(&myself, start).await;
+                }
+            }
+            SupervisorMsg::Shutdown => state.begin_shutdown(&myself, TreeCause::Shutdown),
+            SupervisorMsg::Status(reply) => {
+                let status = state.status().await;
+                if !reply.is_closed() {
+                    let _ = reply.send(status);
+                }
+            }
+            SupervisorMsg::RestartChild { path, reply } => {
+                let result = state.restart_child(&myself, &path).await;
+                if !reply.is_closed() {
+                    let _ = reply.send(result);
+                }
+            }
+            SupervisorMsg::SignalChild { path, signal, reply } => {
+                let result = state.signal_child(&path, signal).await;
+                if !reply.is_closed() {
+                    let _ = reply.send(result);
+                }
+            }
+            #[cfg(feature = "fault-injection")]
+            SupervisorMsg::Inject { path, fault, reply } => {
+                if path.is_empty() && fault == crate::fault::Fault::Panic {
+                    let _ = reply.send(Ok(()));
+                    panic!("fault injection: panic in supervisor {}", state.path);
+                }
+                let result = state.inject(&path, fault).await;
+                if !reply.is_closed() {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, fallback) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                (cell, Termination::ActorStopped { stop_requested: false })
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                (cell, Termination::ActorFailed { reason: err.to_string() })
+            }
+            _ => return Ok(()),
+        };
+        // Children we stopped on purpose were forgotten first: their events end here.
+        let Some(idx) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
+        state.children[idx].handle = None;
+        let termination = take_slot(&state.children[idx].exit).unwrap_or(fallback);
+        state.child_down(&myself, idx, termination).await;
+        Ok(())
+    }
+
+    /// Stops the children in reverse start order, then leaves the outcome in the slot.
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.policy.begin_shutdown();
+        state.epoch += 1;
+        for idx in (0..state.children.len()).rev() {
+            state.stop_child(idx).await;
+        }
+        let cause = state.cause.clone().unwrap_or(TreeCause::Shutdown);
+        state.ctx.store_report(state.report(&cause));
+        fill_slot(
+            &state.slot,
+            Termination::Supervisor { cause, first_crash: state.first_crash.clone() },
+        );
+        Ok(())
+    }
+}
+
+/// Time to allow a child's graceful stop, subtree included.
+fn stop_budget(spec: &ChildSpec) -> Duration {
+    match &spec.start {
+        ChildStart::Supervisor(sup) => {
+            sup.children.iter().map(stop_budget).sum::<Duration>() + STOP_MARGIN
+        }
+        _ => spec.stop_timeout + STOP_MARGIN,
+    }
+}
+
+// === impl SupervisorState ===
+
+impl SupervisorState {
+    fn child_path(&self, idx: usize) -> String {
+        format!("{}/{}", self.path, self.children[idx].spec.name)
+    }
+
+    fn since_born_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn begin_shutdown(&mut self, myself: &ActorRef<SupervisorMsg>, cause: TreeCause) {
+        if self.cause.is_none() {
+            self.cause = Some(cause);
+        }
+        self.policy.begin_shutdown();
+        self.epoch += 1;
+        myself.stop(None);
+    }
+
+    /// Starts `batch` in order. A child that fails to start goes through the policy
+    /// like a crash; if that schedules a restart, the rest of the batch waits for it.
+    async fn start_batch(&mut self, myself: &ActorRef<SupervisorMsg>, batch: Vec<usize>) {
+        let mut queue: VecDeque<usize> = batch.into();
+        while let Some(idx) = queue.pop_front() {
+            if self.policy.shutting_down() {
+                return;
+            }
+            if self.children[idx].handle.is_some() {
+                continue;
+            }
+            if let Err(termination) = self.start_child(myself, idx).await {
+                self.pending.extend(queue.drain(..));
+                let decision = self.child_down(myself, idx, termination).await;
+                if !matches!(decision, Decision::Restart { .. }) {
+                    queue.extend(self.pending.drain(..));
+                }
+            }
+        }
+    }
+
+    async fn start_child(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        idx: usize,
+    ) -> Result<(), Termination> {
+        let path = self.child_path(idx);
+        let exit = new_slot();
+        let child = &mut self.children[idx];
+        child.exit = exit.clone();
+        child.starts += 1;
+        let spec = child.spec.clone();
+        let supervisor = myself.get_cell();
+        let spawned = match &spec.start {
+            ChildStart::Process(process) => {
+                #[allow(unused_mut)]
+                let mut process = process.clone();
+                #[allow(unused_mut)]
+                let mut ready_delay = None;
+                #[cfg(feature = "fault-injection")]
+                child.faults.apply(&mut process, &mut ready_delay);
+                let args = ProcessArgs {
+                    path: path.clone(),
+                    name: spec.name.clone(),
+                    spec: process,
+                    stop_timeout: spec.stop_timeout,
+                    slot: exit.clone(),
+                    ctx: self.ctx.clone(),
+                    ready_delay,
+                };
+                Actor::spawn_linked(None, ProcessActor, args, supervisor)
+                    .await
+                    .map(|(r, _)| ChildHandle::Process(r))
+            }
+            ChildStart::Supervisor(sup) => {
+                let args = SupervisorArgs {
+                    spec: sup.clone(),
+                    path: path.clone(),
+                    ctx: self.ctx.clone(),
+                    slot: exit.clone(),
+                };
+                Actor::spawn_linked(None, SupervisorActor, args, supervisor)
+                    .await
+                    .map(|(r, _)| ChildHandle::Supervisor(r))
+            }
+            ChildStart::Actor(factory) => {
+                factory.spawn_linked(path.clone(), supervisor).await.map(ChildHandle::Actor)
+            }
+        };
+        match spawned {
+            Ok(handle) => {
+                let pid = match &handle {
+                    ChildHandle::Process(r) => ractor::call_t!(r, ProcessMsg::Status, 1000)
+                        .ok()
+                        .map(|s: ProcessStatus| s.pid),
+                    _ => None,
+                };
+                self.by_actor.insert(handle.cell().get_id(), idx);
+                self.children[idx].handle = Some(handle);
+                let now = Instant::now();
+                self.policy.on_started(idx, now);
+                tracing::info!(child = %path, pid, "Started.");
+                self.ctx.observe(TreeEvent::Started { path, at: now, pid });
+                Ok(())
+            }
+            Err(err) => Err(take_slot(&exit).unwrap_or_else(|| Termination::ActorFailed {
+                reason: crate::process::error_chain(&err),
+            })),
+        }
+    }
+
+    /// A child ended on its own or failed to start: classify, record, decide, act.
+    async fn child_down(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        idx: usize,
+        termination: Termination,
+    ) -> Decision {
+        let now = Instant::now();
+        let path = self.child_path(idx);
+        let class = termination.classify(&self.children[idx].spec.permanent_exit_codes);
+        let entry = HistoryEntry {
+            at_ms: self.since_born_ms(),
+            what: termination.describe(),
+            class,
+            code: termination.code(),
+        };
+        let history = &mut self.children[idx].history;
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(entry);
+        if !self.policy.shutting_down() && self.first_crash.is_none() {
+            if let Termination::Supervisor { first_crash: Some(nested), .. } = &termination {
+                self.first_crash = Some(nested.clone());
+            } else if class != ExitClass::Clean {
+                self.first_crash = Some(CrashRecord {
+                    child: path.clone(),
+                    code: termination.code(),
+                    what: termination.describe(),
+                });
+            }
+        }
+        self.ctx.observe(TreeEvent::Exited {
+            path: path.clone(),
+            at: now,
+            termination: termination.clone(),
+            class,
+        });
+        let decision = self.policy.on_exit(idx, class, now, self.ctx.jitter_draw());
+        self.ctx.observe(TreeEvent::Decided {
+            path: path.clone(),
+            at: now,
+            decision: decision.clone(),
+        });
+        match &decision {
+            Decision::Ignore => {}
+            Decision::LeaveDown => {
+                tracing::warn!(child = %path, what = %termination.describe(), "Ended; not restarted.");
+            }
+            Decision::Restart { stop, start, delay, attempt } => {
+                tracing::warn!(child = %path, what = %termination.describe(), ?delay, attempt, "Ended; restarting.");
+                for &sibling in stop {
+                    self.stop_child(sibling).await;
+                }
+                let mut start = start.clone();
+                for idx in self.pending.drain(..) {
+                    if !start.contains(&idx) {
+                        start.push(idx);
+                    }
+                }
+                let epoch = self.epoch;
+                if delay.is_zero() {
+                    let _ = myself.send_message(SupervisorMsg::RestartDue { epoch, start });
+                } else {
+                    myself.send_after(*delay, move || SupervisorMsg::RestartDue { epoch, start });
+                }
+            }
+            Decision::Shutdown { clean } => {
+                tracing::warn!(child = %path, what = %termination.describe(), "Significant child ended; shutting down.");
+                let cause = TreeCause::SignificantChildExited {
+                    child: path.clone(),
+                    clean: *clean,
+                    code: termination.code(),
+                };
+                self.begin_shutdown(myself, cause);
+            }
+            Decision::Escalate => {
+                tracing::error!(child = %path, what = %termination.describe(), "Restart intensity exceeded; escalating.");
+                let cause = TreeCause::IntensityExceeded {
+                    child: path.clone(),
+                    readiness_timeout: matches!(termination, Termination::ReadinessTimeout { .. }),
+                };
+                self.begin_shutdown(myself, cause);
+            }
+        }
+        decision
+    }
+
+    /// Stops child `idx` on purpose (if running) and waits for it, killing it if it
+    /// outlives its budget.
+    async fn stop_child(&mut self, idx: usize) {
+        let Some(handle) = self.children[idx].handle.take() else { return };
+        let cell = handle.cell();
+        self.by_actor.remove(&cell.get_id());
+        let budget = stop_budget(&self.children[idx].spec);
+        if cell.stop_and_wait(None, Some(budget)).await.is_err() {
+            tracing::error!(child = %self.child_path(idx), ?budget, "Did not stop in time; killing its actor.");
+            cell.kill();
+        }
+        self.policy.on_stopped(idx);
+        if let Some(termination) = take_slot(&self.children[idx].exit) {
+            let class = termination.classify(&self.children[idx].spec.permanent_exit_codes);
+            let entry = HistoryEntry {
+                at_ms: self.since_born_ms(),
+                what: termination.describe(),
+                class,
+                code: termination.code(),
+            };
+            let history = &mut self.children[idx].history;
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back(entry);
+        }
+        self.ctx.observe(TreeEvent::Stopped { path: self.child_path(idx), at: Instant::now() });
+    }
+
+    fn find(&self, path: &str) -> Result<(usize, Option<String>), String> {
+        let (head, rest) = match path.split_once('/') {
+            Some((head, rest)) => (head, Some(rest.to_string())),
+            None => (path, None),
+        };
+        self.children
+            .iter()
+            .position(|c| c.spec.name == head)
+            .map(|idx| (idx, rest))
+            .ok_or_else(|| format!("no child {head:?} under {}", self.path))
+    }
+
+    async fn restart_child(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        path: &str,
+    ) -> Result<(), String> {
+        if self.policy.shutting_down() {
+            return Err(format!("{} is shutting down; restart skipped", self.path));
+        }
+        let (idx, rest) = self.find(path)?;
+        if let Some(rest) = rest {
+            let Some(ChildHandle::Supervisor(sub)) = &self.children[idx].handle else {
+                return Err(format!("{} is not a running supervisor", self.child_path(idx)));
+            };
+            return ractor::call_t!(
+                sub,
+                |reply| SupervisorMsg::RestartChild { path: rest, reply },
+                30_000
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        self.stop_child(idx).await;
+        match self.start_child(myself, idx).await {
+            Ok(()) => Ok(()),
+            Err(termination) => {
+                let what = termination.describe();
+                self.child_down(myself, idx, termination).await;
+                Err(format!("{} failed to start: {what}", self.child_path(idx)))
+            }
+        }
+    }
+
+    async fn signal_child(&mut self, path: &str, signal: i32) -> Result<bool, String> {
+        let (idx, rest) = self.find(path)?;
+        match (&self.children[idx].handle, rest) {
+            (Some(ChildHandle::Supervisor(sub)), Some(rest)) => ractor::call_t!(
+                sub,
+                |reply| SupervisorMsg::SignalChild { path: rest, signal, reply },
+                5_000
+            )
+            .map_err(|e| e.to_string())?,
+            (Some(ChildHandle::Process(p)), None) => {
+                ractor::call_t!(p, |reply| ProcessMsg::Signal(signal, reply), 5_000)
+                    .map_err(|e| e.to_string())
+            }
+            (None, _) => Ok(false),
+            _ => Err(format!("{} is not a process", self.child_path(idx))),
+        }
+    }
+
+    async fn status(&self) -> SupervisorStatus {
+        let mut children = Vec::with_capacity(self.children.len());
+        for child in &self.children {
+            let (mut pid, mut uptime_secs, mut nested) = (None, None, None);
+            match &child.handle {
+                Some(ChildHandle::Process(p)) => {
+                    if let Ok(s) = ractor::call_t!(p, ProcessMsg::Status, 1000) {
+                        pid = Some(s.pid);
+                        uptime_secs = Some(s.uptime.as_secs_f64());
+                    }
+                }
+                Some(ChildHandle::Supervisor(s)) => {
+                    nested =
+                        ractor::call_t!(s, SupervisorMsg::Status, 5000).ok().map(|s| s.children);
+                }
+                _ => {}
+            }
+            children.push(ChildStatus {
+                name: child.spec.name.clone(),
+                kind: child.kind(),
+                running: child.handle.is_some(),
+                pid,
+                uptime_secs,
+                restarts: child.restarts(),
+                last_exit: child.history.back().map(|h| h.what.clone()),
+                restart: child.spec.restart,
+                children: nested,
+            });
+        }
+        SupervisorStatus {
+            path: self.path.clone(),
+            shutting_down: self.policy.shutting_down(),
+            children,
+        }
+    }
+
+    fn report(&self, cause: &TreeCause) -> SupervisorReport {
+        SupervisorReport {
+            path: self.path.clone(),
+            cause: cause.clone(),
+            children: self
+                .children
+                .iter()
+                .map(|c| ChildReport {
+                    name: c.spec.name.clone(),
+                    kind: c.kind(),
+                    restarts: c.restarts(),
+                    last: c.history.iter().cloned().collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[cfg(feature = "fault-injection")]
+    async fn inject(&mut self, path: &str, fault: crate::fault::Fault) -> Result<(), String> {
+        use crate::fault::Fault;
+        let (idx, rest) = self.find(path)?;
+        if let Some(rest) = rest {
+            let Some(ChildHandle::Supervisor(sub)) = &self.children[idx].handle else {
+                return Err(format!("{} is not a running supervisor", self.child_path(idx)));
+            };
+            return ractor::call_t!(
+                sub,
+                |reply| SupervisorMsg::Inject { path: rest, fault, reply },
+                30_000
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        let child = &mut self.children[idx];
+        match (fault, &child.handle, &child.spec.start) {
+            (Fault::FailNextExec, _, ChildStart::Process(_)) => {
+                child.faults.fail_next_exec = true;
+                Ok(())
+            }
+            (Fault::DelayNextReadiness(d), _, ChildStart::Process(_)) => {
+                child.faults.delay_next_readiness = Some(d);
+                Ok(())
+            }
+            (Fault::Signal(signal), Some(ChildHandle::Process(p)), _) => {
+                let sent = ractor::call_t!(p, |reply| ProcessMsg::Signal(signal, reply), 5_000)
+                    .map_err(|e| e.to_string())?;
+                if sent { Ok(()) } else { Err("process already gone".into()) }
+            }
+            (Fault::Panic, Some(ChildHandle::Process(p)), _) => {
+                p.send_message(ProcessMsg::Panic).map_err(|e| e.to_string())
+            }
+            (Fault::Panic, Some(ChildHandle::Supervisor(s)), _) => {
+                let s = s.clone();
+                ractor::call_t!(
+                    s,
+                    |reply| SupervisorMsg::Inject { path: String::new(), fault, reply },
+                    5_000
+                )
+                .map_err(|e| e.to_string())?
+            }
+            (Fault::Panic, Some(ChildHandle::Actor(cell)), ChildStart::Actor(factory)) => {
+                if factory.inject_panic(cell) {
+                    Ok(())
+                } else {
+                    Err("this actor has no panic hook".into())
+                }
+            }
+            (_, None, _) => Err(format!("{} is not running", self.child_path(idx))),
+            (fault, _, _) => Err(format!("{fault:?} does not apply to {}", self.child_path(idx))),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The single reaper: the one place in a bottle process that calls `waitpid`.
+//!
+//! Hazard: if the reaper could collect a child between `fork` and the moment the child's
+//! pid is entered in the table, the status would be misfiled as an orphan's; and std's
+//! `Command::spawn` itself waits on a child whose exec failed, which a concurrent
+//! `waitpid(-1)` would turn into a panic. So the table lock is held across the whole of
+//! `spawn` (fork, exec, the exec-error read, std's internal wait) and across every
+//! `waitpid(-1, WNOHANG)` call. Orphans re-parented to us (as PID 1, or as a child
+//! subreaper) are reaped and counted; their statuses go nowhere.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+
+use crate::spawn::{child_setup, notify_pair};
+use crate::{ExitStatus, Pid, ReaperError, SpawnError, SpawnSpec, SpawnedChild};
+
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// What one call to [`Reaper::reap`] collected.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReapSummary {
+    /// Supervised children whose status was delivered.
+    pub supervised: usize,
+    /// Orphans (children we did not spawn) that were reaped.
+    pub orphans: usize,
+}
+
+/// Handle to the process's one reaper. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Reaper {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    table: Mutex<Table>,
+    orphans_reaped: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Children spawned by us and not yet reaped, keyed by pid.
+    waiting: HashMap<Pid, Option<oneshot::Sender<ExitStatus>>>,
+}
+
+impl Reaper {
+    /// Installs the process's reaper. Fails if one is already installed: there must be
+    /// exactly one waiter. With `subreaper`, orphaned descendants are re-parented to us
+    /// (`PR_SET_CHILD_SUBREAPER`; redundant but harmless when we are PID 1).
+    pub fn install(subreaper: bool) -> Result<Reaper, ReaperError> {
+        if INSTALLED.swap(true, Ordering::SeqCst) {
+            return Err(ReaperError::AlreadyInstalled);
+        }
+        if subreaper {
+            nix::sys::prctl::set_child_subreaper(true)
+                .map_err(|errno| ReaperError::Subreaper(errno.into()))?;
+        }
+        Ok(Reaper {
+            inner: Arc::new(Inner {
+                table: Mutex::new(Table::default()),
+                orphans_reaped: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // A poisoned lock only means a panic elsewhere while holding it; the table is
+        // still consistent (every mutation is a single insert or remove).
+        self.inner.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Spawns a child in its own process group, with exactly the environment given.
+    #[allow(clippy::disallowed_methods)] // this is the one sanctioned spawn site
+    pub fn spawn(&self, spec: SpawnSpec) -> Result<SpawnedChild, SpawnError> {
+        let SpawnSpec { argv, env, cwd, capture_output, notify_fd } = spec;
+        let Some(program) = argv.first() else { return Err(SpawnError::EmptyArgv) };
+        let program_path = std::path::PathBuf::from(program);
+        let mut command = std::process::Command::new(program);
+        command
+            .args(&argv[1..])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(cwd.unwrap_or_else(|| "/".into()))
+            .stdin(Stdio::null())
+            .process_group(0);
+        if capture_output {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        } else {
+            command.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let notify = notify_pair(&notify_fd);
+        // SAFETY: child_setup only makes async-signal-safe calls (see spawn.rs).
+        unsafe {
+            command.pre_exec(move || child_setup(notify));
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut table = self.table();
+        let mut child =
+            command.spawn().map_err(|source| classify_spawn_error(program_path, source))?;
+        let pid = Pid::try_from(child.id()).unwrap_or(Pid::MAX);
+        table.waiting.insert(pid, Some(tx));
+        drop(table);
+        // Our copy of the readiness pipe's write end must close now, or EOF never comes.
+        drop(notify_fd);
+        let stdout = child.stdout.take().map(OwnedFd::from);
+        let stderr = child.stderr.take().map(OwnedFd::from);
+        // Dropping std's Child neither waits nor kills.
+        drop(child);
+        Ok(SpawnedChild { pid, stdout, stderr, exit: rx })
+    }
+
+    /// Collects every child that has exited, without blocking. Called on each SIGCHLD
+    /// (and on a slow safety tick). SIGCHLD coalesces, so this drains until empty.
+    pub fn reap(&self) -> ReapSummary {
+        let mut summary = ReapSummary::default();
+        loop {
+            let mut table = self.table();
+            let mut raw = 0;
+            #[allow(clippy::disallowed_methods)] // the one sanctioned waiter
+            // SAFETY: waitpid with a valid out-pointer; WNOHANG never blocks.
+            let pid = unsafe { libc::waitpid(-1, &mut raw, libc::WNOHANG) };
+            if pid <= 0 {
+                // 0: children exist but none has exited; -1: ECHILD (none at all) or EINTR.
+                if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return summary;
+            }
+            let Some(status) = ExitStatus::from_raw(raw) else { continue };
+            match table.waiting.remove(&pid) {
+                Some(sender) => {
+                    summary.supervised += 1;
+                    if let Some(sender) = sender {
+                        // The receiver may be gone (its actor was killed): that is fine.
+                        let _ = sender.send(status);
+                    }
+                }
+                None => {
+                    summary.orphans += 1;
+                    self.inner.orphans_reaped.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(pid, %status, "Reaped an orphan.");
+                }
+            }
+        }
+    }
+
+    /// Signals the process group led by `pid`, but only if that child has not been
+    /// reaped yet (so its pgid cannot have been recycled). Returns whether it was sent.
+    pub fn signal_group(&self, pid: Pid, signal: i32) -> std::io::Result<bool> {
+        let table = self.table();
+        if !table.waiting.contains_key(&pid) {
+            return Ok(false);
+        }
+        crate::signal::kill_group(pid, signal)?;
+        drop(table);
+        Ok(true)
+    }
+
+    /// Pids of supervised children not yet reaped.
+    pub fn live_children(&self) -> Vec<Pid> {
+        self.table().waiting.keys().copied().collect()
+    }
+
+    /// Orphans reaped since install.
+    pub fn orphans_reaped(&self) -> u64 {
+        self.inner.orphans_reaped.load(Ordering::Relaxed)
+    }
+}
+
+fn classify_spawn_error(program: std::path::PathBuf, source: std::io::Error) -> SpawnError {
+    match source.raw_os_error() {
+        Some(libc::ENOENT) => SpawnError::NotFound { program, source },
+        Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) => {
+            SpawnError::NotExecutable { program, source }
+        }
+        _ => SpawnError::Other { program, source },
+    }
+}
