@@ -51,20 +51,37 @@ pub struct SpawnedChild {
     pub exit: oneshot::Receiver<ExitStatus>,
 }
 
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("child_setup's rt_sigaction layout is only written down for x86_64 and aarch64");
+
 /// Runs in the forked child before exec. Only async-signal-safe calls.
 pub(crate) fn child_setup(notify: Option<(RawFd, RawFd)>) -> std::io::Result<()> {
-    // SAFETY: sigaction, sigemptyset, sigprocmask, dup2, fcntl and close_range are
+    // SAFETY: rt_sigaction, sigemptyset, sigprocmask, dup2, fcntl and close_range are
     // async-signal-safe (signal-safety(7)); all pointers are to locals on this stack.
     unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut action.sa_mask);
-        for signal in 1..libc::SIGRTMAX() {
+        // The raw syscall, not glibc's sigaction: glibc refuses (EINVAL) to touch its
+        // internal signals 32 and 33, and an inherited SIG_IGN there would leak into
+        // the daemon. The kernel's struct is {handler, flags, restorer, mask} here.
+        #[repr(C)]
+        struct KernelSigaction {
+            handler: usize,
+            flags: libc::c_ulong,
+            restorer: usize,
+            mask: u64,
+        }
+        let action = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+        for signal in 1..=64 {
             if signal == libc::SIGKILL || signal == libc::SIGSTOP {
                 continue;
             }
-            // Errors are expected for the few numbers glibc reserves; ignore them.
-            libc::sigaction(signal, &action, std::ptr::null_mut());
+            // Errors (numbers the kernel rejects) are harmless: nothing to reset there.
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &action as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            );
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
