@@ -66,6 +66,7 @@ pub struct TreeContext {
     pub(crate) observer: Option<Observer>,
     rng: Arc<Mutex<StdRng>>,
     pub(crate) reports: Arc<Mutex<BTreeMap<String, SupervisorReport>>>,
+    started: Instant,
 }
 
 impl std::fmt::Debug for TreeContext {
@@ -83,6 +84,7 @@ impl TreeContext {
             observer,
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
             reports: Arc::new(Mutex::new(BTreeMap::new())),
+            started: Instant::now(),
         }
     }
 
@@ -103,6 +105,11 @@ impl TreeContext {
     /// The last report of every supervisor in the tree, by path.
     pub fn reports(&self) -> Vec<SupervisorReport> {
         self.reports.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Milliseconds since the tree started: the one time base of reports.
+    pub fn since_start_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The reaper.

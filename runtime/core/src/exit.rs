@@ -206,6 +206,8 @@ impl TreeCause {
 /// The first crash in a (sub)tree: kept so a later graceful shutdown cannot hide it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CrashRecord {
+    /// Milliseconds since the tree started.
+    pub at_ms: u64,
     /// Path of the child, `root/sub/name`.
     pub child: String,
     /// The code its crash stands for (exit code or 128+signal).
@@ -294,7 +296,8 @@ mod tests {
 
     #[test]
     fn table_maps_tree_causes() {
-        let crash = CrashRecord { child: "root/a".into(), code: 139, what: "SIGSEGV".into() };
+        let crash =
+            CrashRecord { at_ms: 1, child: "root/a".into(), code: 139, what: "SIGSEGV".into() };
         assert_eq!(TreeCause::Shutdown.exit_code(None), 0);
         assert_eq!(TreeCause::Shutdown.exit_code(Some(&crash)), 139);
         let sig = TreeCause::SignificantChildExited { child: "a".into(), clean: false, code: 78 };

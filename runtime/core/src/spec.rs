@@ -207,7 +207,8 @@ impl ChildSpec {
         self
     }
 
-    pub(crate) fn policy(&self) -> ChildPolicy {
+    /// The policy-relevant part of this spec.
+    pub fn policy(&self) -> ChildPolicy {
         ChildPolicy {
             restart: self.restart,
             significant: self.significant,

@@ -175,7 +175,6 @@ pub struct SupervisorState {
     pending: Vec<usize>,
     cause: Option<TreeCause>,
     first_crash: Option<CrashRecord>,
-    born: Instant,
 }
 
 impl Actor for SupervisorActor {
@@ -219,7 +218,6 @@ impl Actor for SupervisorActor {
             pending: Vec::new(),
             cause: None,
             first_crash: None,
-            born: Instant::now(),
         };
         let all: Vec<usize> = (0..state.children.len()).collect();
         state.start_batch(&myself, all).await;
@@ -333,8 +331,26 @@ impl SupervisorState {
         format!("{}/{}", self.path, self.children[idx].spec.name)
     }
 
-    fn since_born_ms(&self) -> u64 {
-        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// Keeps the earliest crash of the subtree (nested records arrive late, when the
+    /// nested supervisor ends, so compare times rather than arrival order).
+    fn note_crash(&mut self, candidate: CrashRecord) {
+        if self.first_crash.as_ref().is_none_or(|c| candidate.at_ms < c.at_ms) {
+            self.first_crash = Some(candidate);
+        }
+    }
+
+    fn record(&mut self, idx: usize, termination: &Termination, class: ExitClass) {
+        let entry = HistoryEntry {
+            at_ms: self.ctx.since_start_ms(),
+            what: termination.describe(),
+            class,
+            code: termination.code(),
+        };
+        let history = &mut self.children[idx].history;
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(entry);
     }
 
     fn begin_shutdown(&mut self, myself: &ActorRef<SupervisorMsg>, cause: TreeCause) {
@@ -447,22 +463,13 @@ impl SupervisorState {
         let now = Instant::now();
         let path = self.child_path(idx);
         let class = termination.classify(&self.children[idx].spec.permanent_exit_codes);
-        let entry = HistoryEntry {
-            at_ms: self.since_born_ms(),
-            what: termination.describe(),
-            class,
-            code: termination.code(),
-        };
-        let history = &mut self.children[idx].history;
-        if history.len() == HISTORY {
-            history.pop_front();
-        }
-        history.push_back(entry);
-        if !self.policy.shutting_down() && self.first_crash.is_none() {
+        self.record(idx, &termination, class);
+        if !self.policy.shutting_down() {
             if let Termination::Supervisor { first_crash: Some(nested), .. } = &termination {
-                self.first_crash = Some(nested.clone());
+                self.note_crash(nested.clone());
             } else if class != ExitClass::Clean {
-                self.first_crash = Some(CrashRecord {
+                self.note_crash(CrashRecord {
+                    at_ms: self.ctx.since_start_ms(),
                     child: path.clone(),
                     code: termination.code(),
                     what: termination.describe(),
@@ -539,17 +546,11 @@ impl SupervisorState {
         self.policy.on_stopped(idx);
         if let Some(termination) = take_slot(&self.children[idx].exit) {
             let class = termination.classify(&self.children[idx].spec.permanent_exit_codes);
-            let entry = HistoryEntry {
-                at_ms: self.since_born_ms(),
-                what: termination.describe(),
-                class,
-                code: termination.code(),
-            };
-            let history = &mut self.children[idx].history;
-            if history.len() == HISTORY {
-                history.pop_front();
+            self.record(idx, &termination, class);
+            // A nested supervisor's crashes before this stop still count.
+            if let Termination::Supervisor { first_crash: Some(nested), .. } = termination {
+                self.note_crash(nested);
             }
-            history.push_back(entry);
         }
         self.ctx.observe(TreeEvent::Stopped { path: self.child_path(idx), at: Instant::now() });
     }

@@ -1,0 +1,34 @@
+//! At the grace deadline every supervised process group is SIGKILLed and the tree
+//! still ends with a complete report.
+
+use std::time::{Duration, Instant};
+
+use bottle_runtime::Node;
+use bottle_runtime::spec::SupervisorSpec;
+use bottle_tests::{Captured, Recorder, init_tracing, test_config, testchild};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grace_deadline_bounds_shutdown() {
+    init_tracing();
+    let spec = SupervisorSpec::new("root")
+        .child(testchild("stubborn", &["ignore-term", "60"]).stop_timeout(Duration::from_secs(30)));
+    let mut config = test_config(&Captured::default(), &Recorder::default(), 42);
+    config.grace = Duration::from_millis(600);
+    let node = Node::start(spec, config).await.unwrap();
+    node.wait_root(Duration::from_secs(5)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A second SIGTERM must not push the deadline out.
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).unwrap();
+    let exit =
+        tokio::time::timeout(Duration::from_secs(10), node.wait()).await.expect("tree ended");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_millis(1600),
+        "took {took:?}"
+    );
+    assert_eq!(exit.code, 0);
+    assert_eq!(exit.report.supervisors[0].children[0].last.len(), 1);
+}
