@@ -1,1 +1,63 @@
-fn main() {}
+//! `bottle`, the host launcher. For now: `--version` and `demo`, a small supervision
+//! tree where one daemon crashes and is restarted. Thin main: parse, run, map the
+//! outcome to an exit code (only here).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+
+/// Run AI coding agents in throw-away sandboxes behind a sidecar they cannot touch.
+#[derive(Debug, Parser)]
+#[command(name = "bottle", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a demo supervision tree: a daemon crashes and is restarted, an in-process
+    /// actor and a nested supervisor run beside it; then a graceful shutdown.
+    Demo {
+        /// How long to let the tree run before shutting it down (Ctrl-C stops sooner).
+        #[arg(long, default_value_t = 7)]
+        seconds: u64,
+        /// Print the full JSON exit report.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ractor=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                tracing::error!(error = %err, "Cannot start the async runtime.");
+                return ExitCode::from(1);
+            }
+        };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo { seconds, json } => demo::run(seconds, json).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

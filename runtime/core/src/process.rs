@@ -8,7 +8,8 @@
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bottle_proc::{ExitStatus, NotifyFd, Pid, Reaper, SpawnSpec};
@@ -71,6 +72,8 @@ pub struct ProcessArgs {
     pub ctx: TreeContext,
     /// Fault injection: hold readiness back this long.
     pub ready_delay: Option<Duration>,
+    /// Where the pid is published once spawned (saves the supervisor a round trip).
+    pub pid: Arc<AtomicI32>,
 }
 
 /// The actor (stateless; see [`ProcessState`]).
@@ -113,10 +116,11 @@ impl Actor for ProcessActor {
     /// returns only once the child is ready, which makes start order meaningful.
     async fn pre_start(
         &self,
-        _myself: ActorRef<ProcessMsg>,
+        myself: ActorRef<ProcessMsg>,
         args: ProcessArgs,
     ) -> Result<ProcessState, ActorProcessingErr> {
-        let ProcessArgs { path, name, spec, stop_timeout, slot, ctx, ready_delay } = args;
+        let ProcessArgs { path, name, spec, stop_timeout, slot, ctx, ready_delay, pid: pid_out } =
+            args;
         let mut env = spec.env.clone();
         let mut notify_fd = None;
         let mut notify_read: Option<OwnedFd> = None;
@@ -151,10 +155,14 @@ impl Actor for ProcessActor {
         };
         let pid = spawned.pid;
         let (exit_tx, exit_rx) = watch::channel(None);
+        pid_out.store(pid, std::sync::atomic::Ordering::Release);
         let reaped = spawned.exit;
+        // One hop from the reaper to this actor: the watch serves stop and readiness,
+        // the message serves the running actor (queued until its loop starts).
         tokio::spawn(async move {
             if let Ok(status) = reaped.await {
                 let _ = exit_tx.send(Some(status));
+                let _ = myself.send_message(ProcessMsg::Exited(status));
             }
         });
         let guard = KillGuard { reaper: ctx.reaper.clone(), pid, exit: exit_rx.clone() };
@@ -200,22 +208,6 @@ impl Actor for ProcessActor {
                 Err(format!("{path} not ready after {waited:?}").into())
             }
         }
-    }
-
-    async fn post_start(
-        &self,
-        myself: ActorRef<ProcessMsg>,
-        state: &mut ProcessState,
-    ) -> Result<(), ActorProcessingErr> {
-        let mut exit = state.guard.exit.clone();
-        tokio::spawn(async move {
-            if let Ok(status) = exit.wait_for(Option::is_some).await
-                && let Some(status) = *status
-            {
-                let _ = myself.send_message(ProcessMsg::Exited(status));
-            }
-        });
-        Ok(())
     }
 
     async fn handle(

@@ -142,9 +142,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hanging_probe_is_cut_off_at_the_deadline() {
         let schedule = PollSchedule::local(Duration::from_millis(300));
-        let err = poll_until("hang", schedule, || 0.5, || std::future::pending::<bool>())
-            .await
-            .unwrap_err();
+        let err =
+            poll_until("hang", schedule, || 0.5, std::future::pending::<bool>).await.unwrap_err();
         assert_eq!(err.attempts, 1);
         assert_eq!(err.waited, Duration::from_millis(300));
     }

@@ -9,6 +9,8 @@
 //! ready; they stop in reverse order in `post_stop`, each within its stop timeout.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use ractor::{
@@ -18,7 +20,7 @@ use ractor::{
 use crate::context::{ExitSlot, TreeContext, TreeEvent, fill_slot, new_slot, take_slot};
 use crate::exit::{CrashRecord, ExitClass, Termination, TreeCause};
 use crate::policy::{Decision, RestartPolicy};
-use crate::process::{ProcessActor, ProcessArgs, ProcessMsg, ProcessStatus};
+use crate::process::{ProcessActor, ProcessArgs, ProcessMsg};
 use crate::report::{ChildReport, HISTORY, HistoryEntry, SupervisorReport};
 use crate::spec::{ChildSpec, ChildStart, SupervisorSpec};
 
@@ -395,6 +397,7 @@ impl SupervisorState {
         child.starts += 1;
         let spec = child.spec.clone();
         let supervisor = myself.get_cell();
+        let pid_cell = Arc::new(AtomicI32::new(0));
         let spawned = match &spec.start {
             ChildStart::Process(process) => {
                 #[allow(unused_mut)]
@@ -404,6 +407,7 @@ impl SupervisorState {
                 #[cfg(feature = "fault-injection")]
                 child.faults.apply(&mut process, &mut ready_delay);
                 let args = ProcessArgs {
+                    pid: pid_cell.clone(),
                     path: path.clone(),
                     name: spec.name.clone(),
                     spec: process,
@@ -434,9 +438,7 @@ impl SupervisorState {
         match spawned {
             Ok(handle) => {
                 let pid = match &handle {
-                    ChildHandle::Process(r) => ractor::call_t!(r, ProcessMsg::Status, 1000)
-                        .ok()
-                        .map(|s: ProcessStatus| s.pid),
+                    ChildHandle::Process(_) => Some(pid_cell.load(Ordering::Acquire)),
                     _ => None,
                 };
                 self.by_actor.insert(handle.cell().get_id(), idx);

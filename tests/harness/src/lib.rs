@@ -81,8 +81,11 @@ pub fn testchild_path() -> OsString {
 /// A binary built into the same target directory as the running test.
 pub fn sibling_binary(name: &str) -> OsString {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/test-xxxx -> target/<profile>/<name>
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    // target/<profile>/deps/test-xxxx or target/<profile>/bin -> target/<profile>/<name>
+    let mut dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("profile dir");
+    }
     dir.join(name).into_os_string()
 }
 
