@@ -1,1 +1,188 @@
-fn main() {}
+//! `bottle-init`: PID 1 of the bottle sidecar. Reaps every process, turns signals into
+//! messages, supervises the sidecar's daemons, and exits by docs/exit-codes.md.
+//! Thin main: parse, run, map the outcome to an exit code (only here).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod builtin;
+mod config;
+mod control;
+mod init;
+
+/// PID 1 of the bottle sidecar.
+#[derive(Debug, Parser)]
+#[command(name = "bottle-init", version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Daemons to supervise (TOML). Also `BOTTLE_INIT_CONFIG`.
+    #[arg(long, env = "BOTTLE_INIT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Grace budget in seconds from SIGTERM to exit (overrides the config; default 8).
+    #[arg(long)]
+    grace: Option<f64>,
+    /// Control socket path (overrides the config; empty disables it).
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+    /// Write the JSON exit report here (overrides the config).
+    #[arg(long)]
+    exit_report: Option<PathBuf>,
+    /// Format of bottle-init's own log lines (child lines are always `[name] line`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Single-program mode, tini style: run this program as the only daemon.
+    #[arg(last = true)]
+    program: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Talk to a running bottle-init over its control socket.
+    Ctl {
+        /// The control socket.
+        #[arg(long, default_value = config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlAction {
+    /// Every daemon's state, pid, restarts, last exit.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart one daemon now.
+    Restart {
+        /// Its name.
+        name: String,
+    },
+    /// Re-read the configuration (like SIGHUP).
+    Reload,
+    /// Graceful shutdown (like SIGTERM).
+    Stop,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = matches!(cli.log_format, LogFormat::Json);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BOTTLE_INIT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ractor=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "Cannot start the async runtime.");
+            return code(bottle_runtime::exit::TreeExitCode::Internal.code());
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Ctl { socket, action }) => ctl(socket, action).await,
+            None => {
+                let mode = match (cli.config, cli.program.is_empty()) {
+                    (Some(path), true) => init::Mode::Config(path),
+                    (None, false) => init::Mode::Single(cli.program),
+                    (Some(_), false) => {
+                        tracing::error!("Give either --config or a program after --, not both.");
+                        return bottle_runtime::exit::TreeExitCode::Usage.code();
+                    }
+                    (None, true) => {
+                        tracing::error!("Nothing to run: give --config FILE (or BOTTLE_INIT_CONFIG) or -- PROGRAM [ARGS].");
+                        return bottle_runtime::exit::TreeExitCode::Usage.code();
+                    }
+                };
+                let options = init::Options { mode, grace: cli.grace, control_socket: cli.control_socket, exit_report: cli.exit_report };
+                match init::run(options).await {
+                    Ok(code) => code,
+                    Err(err) => {
+                        tracing::error!(error = %chain(&err), "bottle-init cannot start; nothing was started.");
+                        err.exit_code()
+                    }
+                }
+            }
+        }
+    });
+    // Do not wait for detached tasks (their sockets and timers die with us).
+    runtime.shutdown_background();
+    code(result)
+}
+
+fn code(value: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(value).unwrap_or(1))
+}
+
+/// `error: cause: cause` on one line.
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[allow(clippy::print_stdout)] // ctl's output is the answer
+async fn ctl(socket: PathBuf, action: CtlAction) -> i32 {
+    use control::Request;
+    let (request, json) = match action {
+        CtlAction::Status { json } => (Request::Status, json),
+        CtlAction::Restart { name } => (Request::Restart { name }, false),
+        CtlAction::Reload => (Request::Reload, false),
+        CtlAction::Stop => (Request::Stop, false),
+    };
+    let reply = match control::call(&socket, &request).await {
+        Ok(reply) => reply,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            return 1;
+        }
+    };
+    if !reply.ok {
+        tracing::error!("{}", reply.error.unwrap_or_else(|| "failed".into()));
+        return 1;
+    }
+    match (reply.status, json) {
+        (Some(status), true) => println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default()),
+        (Some(status), false) => print!("{}", render_status(&status)),
+        (None, _) => println!("{}", reply.message.unwrap_or_default()),
+    }
+    0
+}
+
+fn render_status(status: &serde_json::Value) -> String {
+    let mut out = format!("{:<16} {:<8} {:>8} {:>8} {:<6} {}\n", "NAME", "STATE", "PID", "RESTARTS", "READY", "LAST EXIT");
+    for child in status["children"].as_array().into_iter().flatten() {
+        let running = child["running"].as_bool().unwrap_or(false);
+        out.push_str(&format!(
+            "{:<16} {:<8} {:>8} {:>8} {:<6} {}\n",
+            child["name"].as_str().unwrap_or("?"),
+            if running { "running" } else { "down" },
+            child["pid"].as_i64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            child["restarts"].as_u64().unwrap_or(0),
+            if running { "yes" } else { "no" },
+            child["last_exit"].as_str().unwrap_or("-"),
+        ));
+    }
+    out
+}

@@ -133,6 +133,12 @@ impl RestartPolicy {
         track.up_since = Some(now);
     }
 
+    /// Replaces child `idx`'s policy (after a configuration reload). Its attempt counter
+    /// and up time are kept.
+    pub fn set_child_policy(&mut self, idx: usize, policy: ChildPolicy) {
+        self.children[idx] = policy;
+    }
+
     /// Child `idx` was stopped on purpose (by a group restart or shutdown): no decision.
     pub fn on_stopped(&mut self, idx: usize) {
         let track = &mut self.tracks[idx];

@@ -50,6 +50,14 @@ pub enum SupervisorMsg {
         /// Result.
         reply: RpcReplyPort<Result<(), String>>,
     },
+    /// Replace the spec of the direct child named like `spec.name`. Takes effect at its
+    /// next start (a restart, or an operator restart); the running child is untouched.
+    UpdateChild {
+        /// The new spec (its name selects the child).
+        spec: Box<ChildSpec>,
+        /// Result.
+        reply: RpcReplyPort<Result<(), String>>,
+    },
     /// Send `signal` to the process child at `path`; replies whether it was delivered.
     SignalChild {
         /// Child path relative to this supervisor.
@@ -247,6 +255,19 @@ impl Actor for SupervisorActor {
             }
             SupervisorMsg::RestartChild { path, reply } => {
                 let result = state.restart_child(&myself, &path).await;
+                if !reply.is_closed() {
+                    let _ = reply.send(result);
+                }
+            }
+            SupervisorMsg::UpdateChild { spec, reply } => {
+                let result = match state.children.iter().position(|c| c.spec.name == spec.name) {
+                    Some(idx) => {
+                        state.policy.set_child_policy(idx, spec.policy());
+                        state.children[idx].spec = *spec;
+                        Ok(())
+                    }
+                    None => Err(format!("no child {:?} under {}", spec.name, state.path)),
+                };
                 if !reply.is_closed() {
                     let _ = reply.send(result);
                 }

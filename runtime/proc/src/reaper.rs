@@ -162,6 +162,23 @@ impl Reaper {
         Ok(true)
     }
 
+    /// The last sweep before exit: sends `signal` to every process left that we did not
+    /// spawn through [`Reaper::spawn`] (orphans re-parented to us) or, with
+    /// `whole_namespace` (we are PID 1), to every other process in the PID namespace.
+    /// Holds the table lock, so no pid we signal can be reaped and recycled meanwhile.
+    /// Returns how many processes were signalled.
+    pub fn sweep_signal(&self, signal: i32, whole_namespace: bool) -> usize {
+        let _table = self.table();
+        if whole_namespace {
+            return crate::signal::signal_all_others(signal);
+        }
+        let me = std::process::id() as Pid;
+        crate::fd::children_of(me)
+            .into_iter()
+            .filter(|&pid| crate::signal::kill_pid(pid, signal))
+            .count()
+    }
+
     /// Pids of supervised children not yet reaped.
     pub fn live_children(&self) -> Vec<Pid> {
         self.table().waiting.keys().copied().collect()

@@ -40,9 +40,15 @@ pub(crate) fn kill_group(pgid: Pid, signal: i32) -> std::io::Result<()> {
     if err.raw_os_error() == Some(libc::ESRCH) { Ok(()) } else { Err(err) }
 }
 
+/// Sends `signal` to one process; false if it is gone.
+pub(crate) fn kill_pid(pid: Pid, signal: i32) -> bool {
+    // SAFETY: kill(2) has no memory-safety preconditions; pid > 1 addresses one process.
+    pid > 1 && unsafe { libc::kill(pid, signal) } == 0
+}
+
 /// Sends `signal` to every process we can see in our PID namespace except ourselves:
 /// the last sweep of a PID 1 before it exits. Returns how many were signalled.
-pub fn signal_all_others(signal: i32) -> usize {
+pub(crate) fn signal_all_others(signal: i32) -> usize {
     let me = std::process::id();
     let mut n = 0;
     for pid in crate::fd::list_pids() {

@@ -13,6 +13,7 @@
 //! - `unix PATH DELAY_MS`: after DELAY_MS listen on the unix socket PATH, then sleep.
 //! - `env`: print the environment, one `K=V` per line, then sleep.
 //! - `sigstatus`: print the SigBlk/SigIgn/SigCgt lines of /proc/self/status, then sleep.
+//! - `orphans N SECS`: start N children that sleep SECS, then exit at once (orphaning them).
 //! - `exit-on-usr1 FILE`: sleep until SIGUSR1, then exit with the code written in FILE.
 
 use std::io::Write;
@@ -87,6 +88,17 @@ fn main() {
             let _ = out.flush();
             drop(out);
             nap(3600);
+        }
+        "orphans" => {
+            // Start N children that sleep SECS, then exit without waiting: they are
+            // re-parented to the nearest subreaper (or PID 1).
+            let n = num(1);
+            let me = std::env::current_exe().expect("exe");
+            for _ in 0..n {
+                #[allow(clippy::disallowed_methods)] // a test helper making orphans on purpose
+                let _ = std::process::Command::new(&me).args(["sleep", &arg(2)]).spawn();
+            }
+            finish(0);
         }
         "exit-on-usr1" => {
             let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])
