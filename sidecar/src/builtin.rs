@@ -21,7 +21,10 @@ pub(crate) fn names() -> Vec<&'static str> {
 }
 
 /// Creates the builtin `name` from its config table.
-pub(crate) fn create(name: &str, config: Option<&toml::Table>) -> Result<Arc<dyn ActorFactory>, String> {
+pub(crate) fn create(
+    name: &str,
+    config: Option<&toml::Table>,
+) -> Result<Arc<dyn ActorFactory>, String> {
     match REGISTRY.iter().find(|(n, _)| *n == name) {
         Some((_, constructor)) => constructor(config),
         None => {

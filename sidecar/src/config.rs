@@ -254,7 +254,8 @@ fn seconds(value: f64, location: &str, field: &str, allow_zero: bool) -> Result<
         let bound = if allow_zero { ">= 0" } else { "> 0" };
         return Err(invalid(location, format!("{field} must be {bound} seconds, got {value}")));
     }
-    Duration::try_from_secs_f64(value).map_err(|_| invalid(location, format!("{field} is out of range: {value}")))
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| invalid(location, format!("{field} is out of range: {value}")))
 }
 
 impl InitConfig {
@@ -266,13 +267,14 @@ impl InitConfig {
     }
 
     pub(crate) fn parse(text: &str, path: &Path) -> Result<InitConfig> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigFileError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigFileError::Parse { path: path.to_path_buf(), message: e.to_string() }
+        })?;
         check_keys(&table)?;
-        let config: InitConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigFileError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let config: InitConfig =
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+                ConfigFileError::Parse { path: path.to_path_buf(), message: e.to_string() }
+            })?;
         Ok(config)
     }
 
@@ -283,7 +285,11 @@ impl InitConfig {
 
     /// Builds the supervision tree, resolving `pass_env` from `environ` and narrowing the
     /// daemon set to `only` (BOTTLE_SIDECAR_DAEMONS).
-    pub(crate) fn to_spec(&self, environ: &BTreeMap<String, OsString>, only: Option<&str>) -> Result<SupervisorSpec> {
+    pub(crate) fn to_spec(
+        &self,
+        environ: &BTreeMap<String, OsString>,
+        only: Option<&str>,
+    ) -> Result<SupervisorSpec> {
         self.grace()?;
         let names: Vec<&str> = self.daemon.iter().map(|d| d.name.as_str()).collect();
         let mut seen = HashSet::new();
@@ -299,7 +305,8 @@ impl InitConfig {
         }
         let selected: Option<Vec<&str>> = match only {
             Some(list) if !list.trim().is_empty() => {
-                let wanted: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+                let wanted: Vec<&str> =
+                    list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
                 for name in &wanted {
                     if !names.contains(name) {
                         return Err(invalid(
@@ -342,9 +349,9 @@ impl DaemonConfig {
     pub(crate) fn reload_signal(&self) -> Result<Option<i32>> {
         match &self.reload_signal {
             None => Ok(None),
-            Some(name) => bottle_runtime::proc::signal::parse(name)
-                .map(Some)
-                .ok_or_else(|| invalid(self.location(), format!("reload_signal {name:?} is not a signal"))),
+            Some(name) => bottle_runtime::proc::signal::parse(name).map(Some).ok_or_else(|| {
+                invalid(self.location(), format!("reload_signal {name:?} is not a signal"))
+            }),
         }
     }
 
@@ -352,11 +359,16 @@ impl DaemonConfig {
         let location = self.location();
         self.reload_signal()?;
         let start = match (&self.command, &self.builtin) {
-            (Some(_), Some(_)) => return Err(invalid(location, "set either command or builtin, not both")),
+            (Some(_), Some(_)) => {
+                return Err(invalid(location, "set either command or builtin, not both"));
+            }
             (None, None) => return Err(invalid(location, "set command (an argv list) or builtin")),
             (None, Some(name)) => {
                 if !self.env.is_empty() || !self.pass_env.is_empty() || self.ready.is_some() {
-                    return Err(invalid(location, "env, pass_env and ready apply to command daemons only"));
+                    return Err(invalid(
+                        location,
+                        "env, pass_env and ready apply to command daemons only",
+                    ));
                 }
                 let factory = builtin::create(name, self.config.as_ref())
                     .map_err(|problem| invalid(&location, problem))?;
@@ -381,7 +393,10 @@ impl DaemonConfig {
                     env.push((name.into(), value.clone()));
                 }
                 if !env.iter().any(|(k, _)| k == "PATH") {
-                    env.push(("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+                    env.push((
+                        "PATH".into(),
+                        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                    ));
                 }
                 ChildStart::Process(ProcessSpec {
                     argv: argv.iter().map(OsString::from).collect(),
@@ -425,11 +440,15 @@ impl DaemonConfig {
             + usize::from(ready.notify_fd.is_some())
             + usize::from(ready.sd_notify == Some(true));
         if kinds != 1 {
-            return Err(invalid(location, "set exactly one of tcp, unix, notify_fd, sd_notify = true"));
+            return Err(invalid(
+                location,
+                "set exactly one of tcp, unix, notify_fd, sd_notify = true",
+            ));
         }
         if let Some(addr) = &ready.tcp {
-            let addr: SocketAddr =
-                addr.parse().map_err(|_| invalid(&location, format!("tcp {addr:?} is not an address like 127.0.0.1:9099")))?;
+            let addr: SocketAddr = addr.parse().map_err(|_| {
+                invalid(&location, format!("tcp {addr:?} is not an address like 127.0.0.1:9099"))
+            })?;
             return Ok(Readiness::Tcp { addr, deadline });
         }
         if let Some(path) = &ready.unix {
@@ -451,17 +470,24 @@ mod tests {
     }
 
     fn spec(text: &str) -> Result<SupervisorSpec> {
-        let env: BTreeMap<String, OsString> = [("TOKEN".to_string(), OsString::from("s3cr3t"))].into();
+        let env: BTreeMap<String, OsString> =
+            [("TOKEN".to_string(), OsString::from("s3cr3t"))].into();
         parse(text)?.to_spec(&env, None)
     }
 
     #[test]
     fn unknown_keys_are_named_with_a_suggestion() {
         let err = parse("grace_secs = 3\n").unwrap_err().to_string();
-        assert_eq!(err, "unknown key \"grace_secs\" in the top level; did you mean \"grace_seconds\"?");
+        assert_eq!(
+            err,
+            "unknown key \"grace_secs\" in the top level; did you mean \"grace_seconds\"?"
+        );
         let err = parse("[[daemon]]\nname = \"a\"\ncomand = [\"x\"]\n").unwrap_err().to_string();
         assert!(err.contains("\"comand\"") && err.contains("did you mean \"command\""), "{err}");
-        let err = parse("[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nready = { tpc = \"1.2.3.4:5\" }\n").unwrap_err().to_string();
+        let err =
+            parse("[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nready = { tpc = \"1.2.3.4:5\" }\n")
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("did you mean \"tcp\""), "{err}");
         let err = parse("zzzzzz = 1\n").unwrap_err().to_string();
         assert!(!err.contains("did you mean"), "{err}");
@@ -471,22 +497,49 @@ mod tests {
     fn broken_configs_are_refused_with_a_reason() {
         for (text, needle) in [
             ("[[daemon]]\nname = \"a\"\ncommand = []\n", "command is empty"),
-            ("[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\n[[daemon]]\nname = \"a\"\ncommand = [\"y\"]\n", "duplicate daemon name"),
+            (
+                "[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\n[[daemon]]\nname = \"a\"\ncommand = [\"y\"]\n",
+                "duplicate daemon name",
+            ),
             ("[[daemon]]\nname = \"a\"\nbuiltin = \"nope\"\n", "unknown builtin \"nope\""),
             ("[[daemon]]\nname = \"a\"\n", "set command"),
-            ("[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nstop_timeout = 0\n", "stop_timeout must be > 0"),
-            ("[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\npass_env = [\"MISSING\"]\n", "\"MISSING\""),
-            ("usr1_restarts = [\"b\"]\n[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\n", "no daemon named \"b\""),
-            ("[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nready = { tcp = \"x\" }\n", "not an address"),
-            ("[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nready = { deadline = 3 }\n", "exactly one"),
-            ("[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nreload_signal = \"NOPE\"\n", "not a signal"),
-            ("intensity = { max_restarts = 0, period_seconds = 0 }\n", "period_seconds must be > 0"),
+            (
+                "[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nstop_timeout = 0\n",
+                "stop_timeout must be > 0",
+            ),
+            (
+                "[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\npass_env = [\"MISSING\"]\n",
+                "\"MISSING\"",
+            ),
+            (
+                "usr1_restarts = [\"b\"]\n[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\n",
+                "no daemon named \"b\"",
+            ),
+            (
+                "[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nready = { tcp = \"x\" }\n",
+                "not an address",
+            ),
+            (
+                "[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nready = { deadline = 3 }\n",
+                "exactly one",
+            ),
+            (
+                "[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nreload_signal = \"NOPE\"\n",
+                "not a signal",
+            ),
+            (
+                "intensity = { max_restarts = 0, period_seconds = 0 }\n",
+                "period_seconds must be > 0",
+            ),
             ("[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nrestart = \"sometimes\"\n", "sometimes"),
             ("grace_seconds = -1\n", "grace_seconds"),
             ("this is not toml", "not valid TOML"),
         ] {
             let err = spec(text).map(|_| ()).unwrap_err();
-            let chain = format!("{err}: {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
+            let chain = format!(
+                "{err}: {}",
+                std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default()
+            );
             assert!(chain.contains(needle), "{text:?}: {chain}");
         }
     }
@@ -548,7 +601,13 @@ mod tests {
         assert_eq!(web.backoff.factor, 3.0);
         match &web.start {
             ChildStart::Process(p) => {
-                assert_eq!(p.readiness, Readiness::Tcp { addr: "127.0.0.1:80".parse().unwrap(), deadline: Duration::from_secs(4) });
+                assert_eq!(
+                    p.readiness,
+                    Readiness::Tcp {
+                        addr: "127.0.0.1:80".parse().unwrap(),
+                        deadline: Duration::from_secs(4)
+                    }
+                );
                 assert!(p.env.contains(&("MODE".into(), "x".into())));
                 assert!(p.env.iter().any(|(k, _)| k == "PATH"));
             }

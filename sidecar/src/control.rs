@@ -86,7 +86,8 @@ pub(crate) async fn serve(listener: UnixListener, init: Arc<Init>) {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let init = init.clone();
         tokio::spawn(async move {
-            let allowed = stream.peer_cred().map(|c| c.uid() == me || c.uid() == 0).unwrap_or(false);
+            let allowed =
+                stream.peer_cred().map(|c| c.uid() == me || c.uid() == 0).unwrap_or(false);
             let _ = handle(stream, init, allowed).await;
         });
     }
@@ -102,7 +103,9 @@ async fn handle(stream: UnixStream, init: Arc<Init>, allowed: bool) -> std::io::
         match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
             Err(_) => Reply::error("timed out waiting for a request line"),
             Ok(Err(e)) => Reply::error(format!("cannot read the request: {e}")),
-            Ok(Ok(_)) if line.len() > MAX_REQUEST => Reply::error(format!("request longer than {MAX_REQUEST} bytes")),
+            Ok(Ok(_)) if line.len() > MAX_REQUEST => {
+                Reply::error(format!("request longer than {MAX_REQUEST} bytes"))
+            }
             Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
                 Err(e) => Reply::error(format!("malformed request: {e}")),
                 Ok(request) => dispatch(request, &init).await,
@@ -126,7 +129,9 @@ async fn dispatch(request: Request, init: &Init) -> Reply {
             },
             None => Reply::error("the daemon tree is not up"),
         },
-        Request::Restart { name } => Reply::result(init.restart(&name).await.map(|()| format!("restarted {name}"))),
+        Request::Restart { name } => {
+            Reply::result(init.restart(&name).await.map(|()| format!("restarted {name}")))
+        }
         Request::Reload => Reply::result(init.reload().await),
         Request::Stop => {
             init.stop("ctl stop");
@@ -138,7 +143,9 @@ async fn dispatch(request: Request, init: &Init) -> Reply {
 /// Sends one request and returns the reply (client side of `bottle-init ctl`).
 pub(crate) async fn call(path: &PathBuf, request: &Request) -> anyhow::Result<Reply> {
     use anyhow::Context;
-    let mut stream = UnixStream::connect(path).await.with_context(|| format!("cannot connect to {}", path.display()))?;
+    let mut stream = UnixStream::connect(path)
+        .await
+        .with_context(|| format!("cannot connect to {}", path.display()))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     stream.write_all(&line).await?;
@@ -156,7 +163,12 @@ mod tests {
 
     #[test]
     fn requests_round_trip_and_unknown_ones_are_refused() {
-        for request in [Request::Status, Request::Reload, Request::Stop, Request::Restart { name: "egress".into() }] {
+        for request in [
+            Request::Status,
+            Request::Reload,
+            Request::Stop,
+            Request::Restart { name: "egress".into() },
+        ] {
             let text = serde_json::to_string(&request).unwrap();
             assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request);
         }

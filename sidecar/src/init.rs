@@ -109,7 +109,8 @@ impl Init {
     pub(crate) async fn restart(&self, name: &str) -> Result<(), String> {
         let root = self.root().await.ok_or("the daemon tree is not up")?;
         let path = name.to_string();
-        ractor::call_t!(root, |reply| SupervisorMsg::RestartChild { path, reply }, 120_000).map_err(|e| e.to_string())?
+        ractor::call_t!(root, |reply| SupervisorMsg::RestartChild { path, reply }, 120_000)
+            .map_err(|e| e.to_string())?
     }
 
     pub(crate) fn stop(&self, reason: &str) {
@@ -143,9 +144,15 @@ impl Init {
             match old_daemon {
                 None => notes.push(format!("{name}: new daemon, starts with the next bottle-init")),
                 Some(o) if Some(o) != new_daemon => {
-                    let result = ractor::call_t!(root, |reply| SupervisorMsg::UpdateChild { spec: Box::new(child), reply }, 10_000);
+                    let result = ractor::call_t!(
+                        root,
+                        |reply| SupervisorMsg::UpdateChild { spec: Box::new(child), reply },
+                        10_000
+                    );
                     match result {
-                        Ok(Ok(())) => notes.push(format!("{name}: changed, takes effect at its next restart")),
+                        Ok(Ok(())) => {
+                            notes.push(format!("{name}: changed, takes effect at its next restart"))
+                        }
                         Ok(Err(e)) => notes.push(format!("{name}: {e}")),
                         Err(e) => notes.push(format!("{name}: {e}")),
                     }
@@ -154,26 +161,47 @@ impl Init {
             }
             if let Some(signal) = new_daemon.and_then(|d| d.reload_signal().ok().flatten()) {
                 let path = name.clone();
-                match ractor::call_t!(root, |reply| SupervisorMsg::SignalChild { path, signal, reply }, 10_000) {
-                    Ok(Ok(true)) => notes.push(format!("{name}: sent {}", bottle_runtime::proc::signal::name(signal))),
-                    Ok(Ok(false)) => notes.push(format!("{name}: not running; reload signal not sent")),
+                match ractor::call_t!(
+                    root,
+                    |reply| SupervisorMsg::SignalChild { path, signal, reply },
+                    10_000
+                ) {
+                    Ok(Ok(true)) => notes.push(format!(
+                        "{name}: sent {}",
+                        bottle_runtime::proc::signal::name(signal)
+                    )),
+                    Ok(Ok(false)) => {
+                        notes.push(format!("{name}: not running; reload signal not sent"))
+                    }
                     other => notes.push(format!("{name}: reload signal failed: {other:?}")),
                 }
             }
         }
         if let Some(old) = &old {
             for gone in old.daemon.iter().filter(|o| !new.daemon.iter().any(|n| n.name == o.name)) {
-                notes.push(format!("{}: removed from the config, keeps running until bottle-init restarts", gone.name));
+                notes.push(format!(
+                    "{}: removed from the config, keeps running until bottle-init restarts",
+                    gone.name
+                ));
             }
         }
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = Some(new);
-        let summary = if notes.is_empty() { "reloaded; nothing changed".to_string() } else { format!("reloaded; {}", notes.join("; ")) };
+        let summary = if notes.is_empty() {
+            "reloaded; nothing changed".to_string()
+        } else {
+            format!("reloaded; {}", notes.join("; "))
+        };
         tracing::info!(%summary, "Configuration reloaded.");
         Ok(summary)
     }
 
     fn usr1_names(&self) -> Vec<String> {
-        self.config.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|c| c.usr1_restarts.clone()).unwrap_or_default()
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|c| c.usr1_restarts.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -208,22 +236,37 @@ pub(crate) async fn run(options: Options) -> Result<i32, InitError> {
     let grace = match options.grace {
         Some(seconds) if seconds.is_finite() && seconds > 0.0 => Duration::from_secs_f64(seconds),
         Some(seconds) => {
-            return Err(ConfigFileError::Invalid { location: "--grace".into(), problem: format!("must be > 0 seconds, got {seconds}") }.into());
+            return Err(ConfigFileError::Invalid {
+                location: "--grace".into(),
+                problem: format!("must be > 0 seconds, got {seconds}"),
+            }
+            .into());
         }
-        None => config.as_ref().map(InitConfig::grace).transpose()?.unwrap_or(Duration::from_secs(8)),
+        None => {
+            config.as_ref().map(InitConfig::grace).transpose()?.unwrap_or(Duration::from_secs(8))
+        }
     };
     // Keep a slice of the grace budget for the final sweep of the namespace.
-    let sweep_budget = (grace / 8).clamp(Duration::from_millis(200), Duration::from_secs(1)).min(grace / 2);
+    let sweep_budget =
+        (grace / 8).clamp(Duration::from_millis(200), Duration::from_secs(1)).min(grace / 2);
     let spec = match &config {
         Some(config) => config.to_spec(&environ(), daemons_filter().as_deref())?,
         // An empty argv cannot come from main; if it did, validation refuses it.
-        None => single_spec(argv.unwrap_or_default(), grace.saturating_sub(sweep_budget).max(Duration::from_millis(100))),
+        None => single_spec(
+            argv.unwrap_or_default(),
+            grace.saturating_sub(sweep_budget).max(Duration::from_millis(100)),
+        ),
     };
     let control_path = options
         .control_socket
-        .or_else(|| config.as_ref().map(|c| c.control_socket.clone().unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into())))
+        .or_else(|| {
+            config
+                .as_ref()
+                .map(|c| c.control_socket.clone().unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()))
+        })
         .filter(|p| !p.as_os_str().is_empty());
-    let exit_report = options.exit_report.or_else(|| config.as_ref().and_then(|c| c.exit_report.clone()));
+    let exit_report =
+        options.exit_report.or_else(|| config.as_ref().and_then(|c| c.exit_report.clone()));
 
     let (usr1_tx, mut usr1_rx) = mpsc::channel::<()>(1);
     let init = Arc::new(Init {
@@ -235,7 +278,10 @@ pub(crate) async fn run(options: Options) -> Result<i32, InitError> {
     });
     // Bind before starting daemons so a bad socket path is a config error with nothing started.
     let listener = match &control_path {
-        Some(path) => Some(crate::control::bind(path).map_err(|source| InitError::Control { path: path.clone(), source })?),
+        Some(path) => Some(
+            crate::control::bind(path)
+                .map_err(|source| InitError::Control { path: path.clone(), source })?,
+        ),
         None => None,
     };
 
@@ -257,7 +303,11 @@ pub(crate) async fn run(options: Options) -> Result<i32, InitError> {
                         if let Ok(status) = status {
                             for child in status.children {
                                 let path = child.name;
-                                let _ = ractor::call_t!(root, |reply| SupervisorMsg::SignalChild { path, signal, reply }, 5000);
+                                let _ = ractor::call_t!(
+                                    root,
+                                    |reply| SupervisorMsg::SignalChild { path, signal, reply },
+                                    5000
+                                );
                             }
                         }
                     });
@@ -278,7 +328,11 @@ pub(crate) async fn run(options: Options) -> Result<i32, InitError> {
         }
     });
 
-    let node_config = NodeConfig { grace: grace.saturating_sub(sweep_budget), on_signal: Some(on_signal), ..NodeConfig::default() };
+    let node_config = NodeConfig {
+        grace: grace.saturating_sub(sweep_budget),
+        on_signal: Some(on_signal),
+        ..NodeConfig::default()
+    };
     let node: NodeHandle = Node::start(spec, node_config).await?;
     *init.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.actor().clone());
     tracing::info!(pid1 = is_pid1, grace = ?grace, control = ?control_path, "bottle-init started.");
@@ -326,7 +380,8 @@ async fn sweep(whole_namespace: bool, budget: Duration) -> usize {
         if whole_namespace {
             bottle_runtime::proc::fd::list_pids().into_iter().filter(|&p| p != me).count()
         } else {
-            bottle_runtime::proc::fd::children_of(me).len() + bottle_runtime::proc::fd::zombies_of(me).len()
+            bottle_runtime::proc::fd::children_of(me).len()
+                + bottle_runtime::proc::fd::zombies_of(me).len()
         }
     };
     if others(&reaper) == 0 {

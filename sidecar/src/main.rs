@@ -81,19 +81,23 @@ fn main() -> ExitCode {
     let json = matches!(cli.log_format, LogFormat::Json);
     let filter = tracing_subscriber::EnvFilter::try_from_env("BOTTLE_INIT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ractor=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
     if json {
         builder.json().init();
     } else {
         builder.init();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            tracing::error!(error = %err, "Cannot start the async runtime.");
-            return code(bottle_runtime::exit::TreeExitCode::Internal.code());
-        }
-    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                tracing::error!(error = %err, "Cannot start the async runtime.");
+                return code(bottle_runtime::exit::TreeExitCode::Internal.code());
+            }
+        };
     let result = runtime.block_on(async move {
         match cli.command {
             Some(Command::Ctl { socket, action }) => ctl(socket, action).await,
@@ -163,7 +167,9 @@ async fn ctl(socket: PathBuf, action: CtlAction) -> i32 {
         return 1;
     }
     match (reply.status, json) {
-        (Some(status), true) => println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default()),
+        (Some(status), true) => {
+            println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default())
+        }
         (Some(status), false) => print!("{}", render_status(&status)),
         (None, _) => println!("{}", reply.message.unwrap_or_default()),
     }
@@ -171,7 +177,10 @@ async fn ctl(socket: PathBuf, action: CtlAction) -> i32 {
 }
 
 fn render_status(status: &serde_json::Value) -> String {
-    let mut out = format!("{:<16} {:<8} {:>8} {:>8} {:<6} {}\n", "NAME", "STATE", "PID", "RESTARTS", "READY", "LAST EXIT");
+    let mut out = format!(
+        "{:<16} {:<8} {:>8} {:>8} {:<6} {}\n",
+        "NAME", "STATE", "PID", "RESTARTS", "READY", "LAST EXIT"
+    );
     for child in status["children"].as_array().into_iter().flatten() {
         let running = child["running"].as_bool().unwrap_or(false);
         out.push_str(&format!(

@@ -135,3 +135,165 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// Running external tools (unshare, docker, peer inits) from tests.
+///
+/// These tests drive other programs and wait for them with std; they never install a
+/// bottle reaper in the same process, so nothing races for the children's statuses.
+#[allow(clippy::disallowed_methods)]
+pub mod external {
+    use std::ffi::OsStr;
+    use std::io::Read;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// The `bottle-init` binary of this build.
+    pub fn bottle_init() -> PathBuf {
+        let path = PathBuf::from(super::sibling_binary("bottle-init"));
+        assert!(
+            path.exists(),
+            "{} is missing: build the workspace (scripts/test does)",
+            path.display()
+        );
+        path
+    }
+
+    /// A command with a clean, explicit environment.
+    pub fn command(program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new(program);
+        command
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        command
+    }
+
+    /// Runs to completion, capturing output.
+    pub fn output(command: &mut Command) -> Output {
+        command.stdin(Stdio::null()).output().expect("run command")
+    }
+
+    /// A child that is killed (and waited for) when dropped.
+    #[derive(Debug)]
+    pub struct Guarded(pub Option<Child>);
+
+    impl Guarded {
+        /// Spawns `command` with piped stdout and stderr.
+        pub fn spawn(command: &mut Command) -> Guarded {
+            let child = command
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn");
+            Guarded(Some(child))
+        }
+
+        /// Its pid.
+        pub fn pid(&self) -> i32 {
+            self.0.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+        }
+
+        /// Waits up to `timeout`; returns the status and the captured stdout and stderr.
+        pub fn wait(
+            mut self,
+            timeout: Duration,
+        ) -> (Option<std::process::ExitStatus>, String, String) {
+            let mut child = self.0.take().expect("child");
+            let deadline = Instant::now() + timeout;
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("try_wait") {
+                    break Some(status);
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            let mut out = String::new();
+            let mut err = String::new();
+            if let Some(mut s) = child.stdout.take() {
+                let _ = s.read_to_string(&mut out);
+            }
+            if let Some(mut s) = child.stderr.take() {
+                let _ = s.read_to_string(&mut err);
+            }
+            (status, out, err)
+        }
+    }
+
+    impl Drop for Guarded {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.0.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Polls `cond` every 5 ms until it holds or `timeout` passes (blocking).
+    pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The command line of `pid`, NUL-separated arguments joined by spaces.
+    pub fn cmdline(pid: i32) -> String {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| {
+                b.split(|&c| c == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// Live children of `pid` whose command line contains `needle`.
+    pub fn children_matching(pid: i32, needle: &str) -> Vec<i32> {
+        bottle_runtime::proc::fd::children_of(pid)
+            .into_iter()
+            .filter(|&c| cmdline(c).contains(needle))
+            .collect()
+    }
+
+    /// A fresh temporary directory, removed on drop.
+    #[derive(Debug)]
+    pub struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        /// Creates `/tmp/bottle-<tag>-<pid>-<n>`.
+        pub fn new(tag: &str) -> TempDir {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path =
+                std::env::temp_dir().join(format!("bottle-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).expect("temp dir");
+            TempDir(path)
+        }
+
+        /// A path inside.
+        pub fn join(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
