@@ -361,10 +361,10 @@ pub(crate) async fn run(options: Options) -> Result<i32, InitError> {
     }
     let swept = sweep(is_pid1, sweep_budget).await;
     tracing::info!(code = exit.code, cause = ?exit.report.cause, swept, sweep = ?sweep_started.elapsed(), "bottle-init exiting.");
-    if let Some(path) = exit_report {
-        if let Err(err) = write_report(&path, &exit.report.to_json()) {
-            tracing::error!(path = %path.display(), error = %err, "Cannot write the exit report.");
-        }
+    if let Some(path) = exit_report
+        && let Err(err) = write_report(&path, &exit.report.to_json())
+    {
+        tracing::error!(path = %path.display(), error = %err, "Cannot write the exit report.");
     }
     Ok(exit.code)
 }
