@@ -90,14 +90,13 @@ fn main() -> ExitCode {
     } else {
         builder.init();
     }
-    let runtime =
-        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(err) => {
-                tracing::error!(error = %err, "Cannot start the async runtime.");
-                return code(bottle_runtime::exit::TreeExitCode::Internal.code());
-            }
-        };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "Cannot start the async runtime.");
+            return code(bottle_runtime::exit::TreeExitCode::Internal.code());
+        }
+    };
     let result = runtime.block_on(async move {
         match cli.command {
             Some(Command::Ctl { socket, action }) => ctl(socket, action).await,

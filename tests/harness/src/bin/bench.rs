@@ -3,6 +3,15 @@
 //!
 //!     cargo run --release -p bottle-tests --bin bottle-bench -- [runtime] [--iterations N]
 //!
+//!     cargo run --release -p bottle-tests --bin bottle-bench -- init [--iterations N]
+//!
+//! (one group per invocation: `runtime` installs a reaper in this process, `init` runs
+//! other supervisors as children and waits for them with std.)
+//!
+//! `init`: idle RSS of bottle-init with 3 daemons against supervisord with the same 3,
+//! and with 1 child against tini; start-to-ready time; restart latency after SIGKILL
+//! against supervisord and s6-supervise (restarts observed from /proc for all alike).
+//!
 //! `runtime`: process restart latency (SIGKILL to the replacement exec'd) against the
 //! raw spawn+kill+reap floor with no supervisor; actor restart latency (panic to
 //! restarted); supervisor message overhead against a bare ractor actor.
@@ -234,7 +243,329 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    if which.is_empty() || which.contains(&"runtime") {
-        runtime.block_on(runtime_bench(iterations));
+    match which.first().copied() {
+        Some("init") => init_bench::run(iterations.min(30)),
+        Some("runtime") | None => runtime.block_on(runtime_bench(iterations)),
+        Some(other) => eprintln!("unknown group {other:?}: runtime or init"),
+    }
+}
+
+/// Other supervisors, measured from the outside. Nothing here uses bottle's reaper.
+#[allow(clippy::disallowed_methods)]
+mod init_bench {
+    use std::net::TcpStream;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use bottle_tests::external::{TempDir, children_matching, cmdline};
+
+    struct Running(Child);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn spawn(cmd: &mut Command) -> Running {
+        Running(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn"),
+        )
+    }
+
+    fn rss_kb(pid: u32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        false
+    }
+
+    fn binary(name: &str) -> PathBuf {
+        PathBuf::from(bottle_tests::sibling_binary(name))
+    }
+
+    fn which(name: &str) -> Option<PathBuf> {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.exists())
+    }
+
+    fn ports(n: usize) -> Vec<u16> {
+        let listeners: Vec<_> =
+            (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    }
+
+    fn bottle_init_config(dir: &TempDir, tc: &Path, ports: &[u16], ready: bool) -> PathBuf {
+        let mut text = format!(
+            "control_socket = \"{}\"\nintensity = {{ max_restarts = 10000, period_seconds = 1 }}\n",
+            dir.join("ctl.sock").display()
+        );
+        for (i, port) in ports.iter().enumerate() {
+            text.push_str(&format!(
+                "[[daemon]]\nname = \"d{i}\"\ncommand = [\"{}\", \"tcp\", \"127.0.0.1:{port}\", \"0\"]\nbackoff = {{ initial = 0, factor = 1, cap = 0, jitter = 0 }}\n",
+                tc.display()
+            ));
+            if ready {
+                text.push_str(&format!(
+                    "ready = {{ tcp = \"127.0.0.1:{port}\", deadline = 10 }}\n"
+                ));
+            }
+        }
+        let path = dir.join("init.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn supervisord_config(dir: &TempDir, tc: &Path, ports: &[u16]) -> PathBuf {
+        let mut text = format!(
+            "[supervisord]\nnodaemon=true\nlogfile={}\npidfile={}\n[unix_http_server]\nfile={}\n",
+            dir.join("sd.log").display(),
+            dir.join("sd.pid").display(),
+            dir.join("sd.sock").display()
+        );
+        for (i, port) in ports.iter().enumerate() {
+            text.push_str(&format!(
+                "[program:d{i}]\ncommand={} tcp 127.0.0.1:{port} 0\nautorestart=true\nstartsecs=0\nstartretries=1000\nstdout_logfile=NONE\nstderr_logfile=NONE\n",
+                tc.display()
+            ));
+        }
+        let path = dir.join("supervisord.conf");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn all_listening(ports: &[u16]) -> bool {
+        ports.iter().all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+    }
+
+    /// Direct children of `pid`, from `/proc/PID/task/*/children` (cheap enough to poll
+    /// every 50 µs, unlike a scan of all of /proc).
+    fn fast_children(pid: u32) -> Vec<i32> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+        let mut out = Vec::new();
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+        out
+    }
+
+    /// Kills the child running `needle` under `supervisor` and times until a new one
+    /// has exec'd (its cmdline is the program's again).
+    fn restart_latency(
+        supervisor: u32,
+        needle: &str,
+        iterations: usize,
+        settle: Duration,
+    ) -> Vec<Duration> {
+        let mut samples = Vec::new();
+        for _ in 0..iterations {
+            std::thread::sleep(settle);
+            let Some(&old) = children_matching(supervisor as i32, needle).first() else { break };
+            // The exact command line: other daemons of the same program must not count.
+            let exact = cmdline(old);
+            let t0 = Instant::now();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(old),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let ok = wait_for(Duration::from_secs(10), || {
+                fast_children(supervisor).into_iter().any(|p| p != old && cmdline(p) == exact)
+            });
+            if ok {
+                samples.push(t0.elapsed());
+            }
+        }
+        samples
+    }
+
+    fn median(mut v: Vec<Duration>) -> Duration {
+        v.sort();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    }
+
+    fn ms(d: Duration) -> String {
+        format!("{:.2} ms", d.as_secs_f64() * 1e3)
+    }
+
+    pub(super) fn run(iterations: usize) {
+        let bi = binary("bottle-init");
+        let tc = binary("bottle-testchild");
+        let Some(supervisord) = which("supervisord") else {
+            eprintln!("supervisord missing: apt-get install supervisor");
+            return;
+        };
+        let s6 = which("s6-supervise");
+        let tini = which("tini");
+
+        // 1. Idle RSS with 3 daemons, and start-to-ready.
+        let dir = TempDir::new("bench-bi");
+        let p = ports(3);
+        let t0 = Instant::now();
+        let init = spawn(
+            Command::new(&bi)
+                .arg("--config")
+                .arg(bottle_init_config(&dir, &tc, &p, true))
+                .env_clear(),
+        );
+        wait_for(Duration::from_secs(10), || all_listening(&p));
+        let bi_ready = t0.elapsed();
+        std::thread::sleep(Duration::from_secs(2));
+        let bi_rss = rss_kb(init.0.id());
+        let bi_restart =
+            restart_latency(init.0.id(), "tcp 127.0.0.1", iterations, Duration::from_millis(300));
+        drop(init);
+
+        let dir = TempDir::new("bench-sd");
+        let p = ports(3);
+        let t0 = Instant::now();
+        let sd = spawn(Command::new(&supervisord).arg("-c").arg(supervisord_config(&dir, &tc, &p)));
+        wait_for(Duration::from_secs(20), || all_listening(&p));
+        let sd_ready = t0.elapsed();
+        std::thread::sleep(Duration::from_secs(2));
+        let sd_rss = rss_kb(sd.0.id());
+        let sd_restart =
+            restart_latency(sd.0.id(), "tcp 127.0.0.1", iterations, Duration::from_millis(300));
+        drop(sd);
+
+        // s6-supervise restarts at once only if the service ran for more than 1 s.
+        let s6_restart = s6.map(|s6| {
+            let dir = TempDir::new("bench-s6");
+            let service = dir.join("svc");
+            std::fs::create_dir_all(&service).unwrap();
+            let run = service.join("run");
+            std::fs::write(&run, format!("#!/bin/sh\nexec {} sleep 600\n", tc.display())).unwrap();
+            std::os::unix::fs::PermissionsExt::set_mode(
+                &mut std::fs::metadata(&run).unwrap().permissions(),
+                0o755,
+            );
+            std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            let sup = spawn(Command::new(&s6).arg(&service));
+            wait_for(Duration::from_secs(5), || {
+                !children_matching(sup.0.id() as i32, "sleep 600").is_empty()
+            });
+            let samples = restart_latency(
+                sup.0.id(),
+                "sleep 600",
+                iterations.min(10),
+                Duration::from_millis(1100),
+            );
+            let _ = Command::new(which("s6-svc").unwrap_or_else(|| "s6-svc".into()))
+                .args(["-dx"])
+                .arg(&service)
+                .status();
+            drop(sup);
+            samples
+        });
+
+        // The floor: a shell loop that re-execs the program as soon as wait(2) returns.
+        let floor = {
+            let script = format!("while :; do {} sleep 600; done", tc.display());
+            let sh = spawn(Command::new("/bin/sh").args(["-c", &script]));
+            wait_for(Duration::from_secs(5), || {
+                !children_matching(sh.0.id() as i32, "sleep 600").is_empty()
+            });
+            let samples =
+                restart_latency(sh.0.id(), "sleep 600", iterations, Duration::from_millis(300));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(-(sh.0.id() as i32)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            drop(sh);
+            samples
+        };
+
+        // 2. One child: bottle-init against tini.
+        let one = spawn(Command::new(&bi).arg("--").arg(&tc).args(["sleep", "600"]).env_clear());
+        std::thread::sleep(Duration::from_secs(1));
+        let bi_one = rss_kb(one.0.id());
+        drop(one);
+        let tini_one = tini.map(|t| {
+            let r = spawn(Command::new(t).arg("-s").arg("--").arg(&tc).args(["sleep", "600"]));
+            std::thread::sleep(Duration::from_secs(1));
+            let kb = rss_kb(r.0.id());
+            drop(r);
+            kb
+        });
+
+        println!("| init ({iterations} restarts each) | bottle-init | peer | ratio |");
+        println!("|---|---|---|---|");
+        println!(
+            "| idle VmRSS, 3 daemons (supervisord) | {bi_rss} kB | {sd_rss} kB | {:.2} |",
+            bi_rss as f64 / sd_rss as f64
+        );
+        if let Some(t) = tini_one {
+            println!(
+                "| idle VmRSS, 1 child (tini -s) | {bi_one} kB | {t} kB | {:.2} |",
+                bi_one as f64 / t as f64
+            );
+        }
+        println!(
+            "| start to 3 daemons listening (supervisord) | {} | {} | {:.2} |",
+            ms(bi_ready),
+            ms(sd_ready),
+            bi_ready.as_secs_f64() / sd_ready.as_secs_f64()
+        );
+        let bi_med = median(bi_restart.clone());
+        let sd_med = median(sd_restart.clone());
+        println!(
+            "| restart after SIGKILL, median (supervisord) | {} | {} | {:.1}x faster |",
+            ms(bi_med),
+            ms(sd_med),
+            sd_med.as_secs_f64() / bi_med.as_secs_f64()
+        );
+        let floor_med = median(floor);
+        println!(
+            "| restart after SIGKILL, median (floor: `while :; do prog; done` in sh) | {} | {} | {:.2}x the floor |",
+            ms(bi_med),
+            ms(floor_med),
+            bi_med.as_secs_f64() / floor_med.as_secs_f64()
+        );
+        if let Some(s6) = s6_restart {
+            let s6_med = median(s6);
+            println!(
+                "| restart after SIGKILL, median (s6-supervise) | {} | {} | {:.1}x faster |",
+                ms(bi_med),
+                ms(s6_med),
+                s6_med.as_secs_f64() / bi_med.as_secs_f64()
+            );
+        }
     }
 }
