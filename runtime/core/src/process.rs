@@ -175,7 +175,14 @@ impl Actor for ProcessActor {
         // Without a readiness check the child is started once exec succeeded: no race
         // with an exit that may already be on its way (that exit arrives as a message).
         if spec.readiness == Readiness::None && ready_delay.is_none() {
-            return Ok(ProcessState { guard, pumps, path, stop_timeout, slot, ready_at: Instant::now() });
+            return Ok(ProcessState {
+                guard,
+                pumps,
+                path,
+                stop_timeout,
+                slot,
+                ready_at: Instant::now(),
+            });
         }
         let deadline = spec.readiness.deadline();
         let ready = async {
