@@ -217,6 +217,18 @@ fn the_control_socket_serves_status_restart_reload_and_stop() {
     let (_, json, _) = pid1.ctl(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_ne!(status["children"][1]["pid"].as_i64().unwrap(), b_before);
+    // Malformed and oversized requests get an error reply; the init keeps serving.
+    for garbage in
+        [b"garbage\n".to_vec(), b"{\"cmd\":\"explode\"}\n".to_vec(), vec![b'x'; 70 * 1024]]
+    {
+        use std::io::{Read, Write};
+        let mut sock = std::os::unix::net::UnixStream::connect(pid1.dir.join("ctl.sock")).unwrap();
+        let _ = sock.write_all(&garbage);
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+        let mut reply = String::new();
+        sock.read_to_string(&mut reply).unwrap();
+        assert!(reply.contains("\"ok\":false"), "{reply}");
+    }
     let (ok, _, err) = pid1.ctl(&["restart", "nope"]);
     assert!(!ok && err.contains("no child \"nope\""), "{err}");
     // An invalid config on reload keeps the old one and says why.
