@@ -251,6 +251,15 @@ impl CertificateAuthority {
         }
         let cell: Inflight = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            // Re-check under the in-flight lock: a minter inserts into the cache before
+            // it removes its in-flight entry, so a late caller sees one or the other.
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(hit) = cache.get(&host)
+                && hit.expires > Instant::now()
+            {
+                return Ok(hit.key.clone());
+            }
+            drop(cache);
             inflight.entry(host.clone()).or_default().clone()
         };
         let result = cell.get_or_init(|| self.mint_leaf(&host)).clone();

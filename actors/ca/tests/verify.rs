@@ -167,20 +167,28 @@ fn concurrent_first_requests_for_one_host_mint_once_and_the_cache_is_bounded() {
         ..CaConfig::default()
     };
     let ca = Arc::new(CertificateAuthority::mint(config).unwrap());
-    let handles: Vec<_> = (0..16)
-        .map(|_| {
-            let ca = ca.clone();
-            std::thread::spawn(move || ca.leaf("same.example").unwrap())
-        })
-        .collect();
-    let leaves: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert_eq!(ca.minted(), 1);
-    assert!(leaves.iter().all(|l| Arc::ptr_eq(l, &leaves[0])));
+    // 20 rounds of 16 threads racing for one new host each: exactly one mint per host.
+    for round in 0..20 {
+        let host = format!("same{round}.example");
+        let barrier = Arc::new(std::sync::Barrier::new(16));
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                let (ca, host, barrier) = (ca.clone(), host.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    ca.leaf(&host).unwrap()
+                })
+            })
+            .collect();
+        let leaves: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(ca.minted(), round + 1, "round {round}");
+        assert!(leaves.iter().all(|l| Arc::ptr_eq(l, &leaves[0])));
+    }
     for i in 0..10 {
         ca.leaf(&format!("h{i}.example")).unwrap();
     }
     assert!(ca.cached() <= 4, "cache grew to {}", ca.cached());
-    assert_eq!(ca.minted(), 11);
+    assert_eq!(ca.minted(), 30);
 }
 
 #[tokio::test]

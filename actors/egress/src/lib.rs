@@ -1,0 +1,30 @@
+//! The egress proxy: the agent's only way to the network.
+//!
+//! Hazard: the agent is assumed compromised. Every decision is default deny and made
+//! before an upstream socket exists ([`policy::decide`], pure); the host comes from the
+//! CONNECT target and must agree with SNI and Host; destinations are checked after DNS
+//! and the checked address is the one dialled ([`addr`]); credentials are injected here
+//! and never reach the agent, which only ever holds placeholders.
+#![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod audit;
+pub mod dial;
+pub mod policy;
+mod proxy;
+pub mod routes;
+pub mod sni;
+
+pub use proxy::{Egress, EgressConfig, EgressError, Placeholders};
+
+/// `error: cause: cause` on one line.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,690 @@
+//! The proxy server: HTTP/1.1 forward proxy (absolute-form) and CONNECT, with TLS
+//! interception (HTTP/1.1 or HTTP/2 by ALPN) or SNI-checked passthrough.
+//!
+//! Hazard: every request is decided by [`crate::policy::decide`] against the table that
+//! was live when the request started (a reload never changes an in-flight decision),
+//! before any upstream socket is opened; the agent's `Authorization` and
+//! `Proxy-Authorization` never leave the proxy; the real token is added only on the way
+//! out to its own route; hop-by-hop headers are dropped in both directions.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bottle_ca::CertificateAuthority;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::audit::{Audit, AuditRecord};
+use crate::dial;
+use crate::policy::{self, Canaries, RequestHead, Verdict};
+use crate::routes::{AuthScheme, RouteTable, normalize_host};
+use crate::sni::{self, Hello};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Errors of building or reloading the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    /// A bumped host is outside the CA's name constraints (the CA cannot sign for it).
+    #[error(
+        "route {host:?} is intercepted but outside the CA's name constraints; restart the bottle to add intercepted hosts"
+    )]
+    OutsideCa {
+        /// The host.
+        host: String,
+    },
+    /// The extra upstream CA file could not be read.
+    #[error("cannot read upstream CA file {path:?}")]
+    UpstreamCa {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The audit log could not be opened.
+    #[error("cannot open the audit log")]
+    Audit(#[source] std::io::Error),
+    /// TLS configuration failed.
+    #[error("tls configuration: {0}")]
+    Tls(String),
+}
+
+/// How the proxy runs.
+#[derive(Debug, Clone)]
+pub struct EgressConfig {
+    /// Extra CA certificates (PEM) trusted for upstream servers, on top of the machine's
+    /// trust store (which honours `SSL_CERT_FILE` and `SSL_CERT_DIR`).
+    pub upstream_ca: Option<PathBuf>,
+    /// Budget for DNS plus TCP connect plus TLS handshake upstream.
+    pub connect_timeout: Duration,
+    /// Budget for the upstream response head.
+    pub response_timeout: Duration,
+    /// JSON-lines audit file.
+    pub audit_log: Option<PathBuf>,
+}
+
+impl Default for EgressConfig {
+    fn default() -> EgressConfig {
+        EgressConfig {
+            upstream_ca: None,
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(120),
+            audit_log: None,
+        }
+    }
+}
+
+/// Placeholders handed to the agent instead of real tokens: distinct random values.
+#[derive(Debug, Clone, Default)]
+pub struct Placeholders {
+    entries: Vec<(String, String, String)>,
+}
+
+impl Placeholders {
+    /// One placeholder per route credential: `(token_ref, placeholder, host)`.
+    pub fn generate(table: &RouteTable) -> Placeholders {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let entries = table
+            .routes()
+            .iter()
+            .filter_map(|r| r.spec.auth.as_ref().map(|a| (a, r.host.clone())))
+            .map(|(auth, host)| {
+                let random: String =
+                    (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect();
+                (auth.token_ref.clone(), format!("bottle-placeholder-{random}"), host)
+            })
+            .collect();
+        Placeholders { entries }
+    }
+
+    /// `(variable, placeholder)` pairs for the agent's environment.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.entries.iter().map(|(v, p, _)| (v.clone(), p.clone())).collect()
+    }
+}
+
+struct Live {
+    table: RouteTable,
+    canaries: Canaries,
+}
+
+struct Shared {
+    live: RwLock<Arc<Live>>,
+    ca: Arc<CertificateAuthority>,
+    placeholders: Placeholders,
+    server_tls: Arc<rustls::ServerConfig>,
+    client_tls: Arc<rustls::ClientConfig>,
+    audit: Audit,
+    config: EgressConfig,
+}
+
+impl Shared {
+    fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The running proxy. Cheap to clone.
+#[derive(Clone)]
+pub struct Egress {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress").finish_non_exhaustive()
+    }
+}
+
+fn live(table: RouteTable, placeholders: &Placeholders) -> Live {
+    let mut canaries: Vec<(String, String)> =
+        table.tokens().into_iter().map(|(host, token)| (token, host)).collect();
+    canaries.extend(placeholders.entries.iter().map(|(_, p, h)| (p.clone(), h.clone())));
+    Live { table, canaries: Canaries::new(canaries) }
+}
+
+impl Egress {
+    /// A proxy over `table`, intercepting with `ca`.
+    pub fn new(
+        table: RouteTable,
+        ca: Arc<CertificateAuthority>,
+        placeholders: Placeholders,
+        config: EgressConfig,
+    ) -> Result<Egress, EgressError> {
+        check_ca(&table, &ca)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| EgressError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(ca.resolver());
+        server_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(path) = &config.upstream_ca {
+            let pem = std::fs::read(path)
+                .map_err(|source| EgressError::UpstreamCa { path: path.clone(), source })?;
+            use rustls::pki_types::pem::PemObject;
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| EgressError::UpstreamCa {
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                roots.add(cert).map_err(|e| EgressError::Tls(e.to_string()))?;
+            }
+        }
+        let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| EgressError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let audit = Audit::open(config.audit_log.clone()).map_err(EgressError::Audit)?;
+        Ok(Egress {
+            shared: Arc::new(Shared {
+                live: RwLock::new(Arc::new(live(table, &placeholders))),
+                ca,
+                placeholders,
+                server_tls: Arc::new(server_tls),
+                client_tls: Arc::new(client_tls),
+                audit,
+                config,
+            }),
+        })
+    }
+
+    /// Swaps the route table atomically. Requests in flight finish under the old one.
+    /// A table the CA cannot serve is refused and the old one stays.
+    pub fn reload(&self, table: RouteTable) -> Result<(), EgressError> {
+        check_ca(&table, &self.shared.ca)?;
+        let new = Arc::new(live(table, &self.shared.placeholders));
+        *self.shared.live.write().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(())
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &Audit {
+        &self.shared.audit
+    }
+
+    /// Accepts connections until the listener fails or the task is dropped.
+    pub async fn serve(&self, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(ok) => ok,
+                Err(err) => {
+                    tracing::warn!(error = %err, "Accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(front(shared, req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                if let Err(err) = conn.await {
+                    tracing::debug!(%peer, error = %err, "Client connection ended with an error.");
+                }
+            });
+        }
+    }
+}
+
+fn check_ca(table: &RouteTable, ca: &CertificateAuthority) -> Result<(), EgressError> {
+    for host in table.bumped_hosts() {
+        if !ca.permits(&host) {
+            return Err(EgressError::OutsideCa { host });
+        }
+    }
+    Ok(())
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp =
+        Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn blocked(reason: &str) -> Response<Body> {
+    text(StatusCode::FORBIDDEN, format!("bottle: blocked: {reason}\n"))
+}
+
+/// Per client connection (or per CONNECT tunnel) context.
+struct ConnCtx {
+    host: String,
+    port: u16,
+    tls: bool,
+    sni: Option<String>,
+    pool: Mutex<Vec<SendRequest<Incoming>>>,
+}
+
+async fn front(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    if req.method() == Method::CONNECT {
+        return connect(shared, req).await;
+    }
+    let uri = req.uri().clone();
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http"), Some(host)) => {
+            let ctx = Arc::new(ConnCtx {
+                host: normalize_host(host),
+                port: uri.port_u16().unwrap_or(80),
+                tls: false,
+                sni: None,
+                pool: Mutex::new(Vec::new()),
+            });
+            forward(shared, ctx, req).await
+        }
+        (Some(other), Some(_)) => text(
+            StatusCode::BAD_REQUEST,
+            format!("bottle: unsupported scheme {other:?}; use CONNECT for https\n"),
+        ),
+        _ => text(
+            StatusCode::BAD_REQUEST,
+            "bottle: this is a proxy: send absolute-form requests or CONNECT\n".into(),
+        ),
+    }
+}
+
+async fn connect(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return text(StatusCode::BAD_REQUEST, "bottle: CONNECT needs host:port\n".into());
+    };
+    let host = normalize_host(authority.host());
+    let port = authority.port_u16().unwrap_or(443);
+    let live = shared.live();
+    let mut record = AuditRecord::now("CONNECT", &host, "");
+    let route = match policy::route_for_host(&live.table, &host) {
+        Ok(route) => route,
+        Err(reason) => {
+            record.reason = Some(reason.clone());
+            shared.audit.record(record);
+            return blocked(&reason);
+        }
+    };
+    let passthrough = route.spec.tls_passthrough;
+    let pinned = route.spec.connect.as_deref().and_then(|c| c.parse().ok());
+    let route_host = route.host.clone();
+    drop(live);
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                if passthrough {
+                    tunnel(shared, upgraded, host, port, pinned, route_host).await;
+                } else {
+                    bump(shared, upgraded, host, port).await;
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "CONNECT upgrade failed."),
+        }
+    });
+    Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed())
+}
+
+async fn bump(shared: Arc<Shared>, upgraded: hyper::upgrade::Upgraded, host: String, port: u16) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(shared.server_tls.clone());
+    let tls = match tokio::time::timeout(
+        Duration::from_secs(10),
+        acceptor.accept(TokioIo::new(upgraded)),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            tracing::debug!(%host, error = %err, "TLS handshake with the agent failed.");
+            return;
+        }
+        Err(_) => return,
+    };
+    let sni = tls.get_ref().1.server_name().map(str::to_string);
+    let ctx = Arc::new(ConnCtx { host, port, tls: true, sni, pool: Mutex::new(Vec::new()) });
+    let service = service_fn(move |req| {
+        let (shared, ctx) = (shared.clone(), ctx.clone());
+        async move { Ok::<_, Infallible>(forward(shared, ctx, req).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+        tracing::debug!(error = %err, "Intercepted connection ended with an error.");
+    }
+}
+
+async fn tunnel(
+    shared: Arc<Shared>,
+    upgraded: hyper::upgrade::Upgraded,
+    host: String,
+    port: u16,
+    pinned: Option<SocketAddr>,
+    route: String,
+) {
+    let started = Instant::now();
+    let mut client = TokioIo::new(upgraded);
+    let mut record = AuditRecord::now("CONNECT", &host, "");
+    record.route = Some(route);
+    let mut hello = Vec::with_capacity(1024);
+    let verdict = loop {
+        let mut chunk = [0u8; 4096];
+        let n = match tokio::time::timeout(Duration::from_secs(10), client.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => break Err("no TLS ClientHello".to_string()),
+        };
+        hello.extend_from_slice(&chunk[..n]);
+        match sni::parse(&hello) {
+            Hello::Incomplete if hello.len() < sni::MAX_HELLO => continue,
+            Hello::Sni(name) if name == host => break Ok(()),
+            Hello::Sni(name) => {
+                break Err(format!(
+                    "ClientHello SNI {name:?} does not match the CONNECT host {host:?}"
+                ));
+            }
+            Hello::NoSni => break Err("ClientHello without SNI on a passthrough route".into()),
+            _ => break Err("not a TLS ClientHello".into()),
+        }
+    };
+    if let Err(reason) = verdict {
+        record.reason = Some(reason);
+        shared.audit.record(record);
+        return;
+    }
+    let mut upstream = match dial::connect(&host, port, pinned, shared.config.connect_timeout).await
+    {
+        Ok((stream, _)) => stream,
+        Err(err) => {
+            record.verdict = "error";
+            record.status = 502;
+            record.reason = Some(crate::error_chain(&err));
+            shared.audit.record(record);
+            return;
+        }
+    };
+    if upstream.write_all(&hello).await.is_err() {
+        return;
+    }
+    let (up, down) =
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await.unwrap_or((0, 0));
+    record.verdict = "allow";
+    record.status = 200;
+    record.bytes_up = up + hello.len() as u64;
+    record.bytes_down = down;
+    record.duration_ms = started.elapsed().as_secs_f64() * 1e3;
+    shared.audit.record(record);
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        if keep_upgrade && (*name == "upgrade" || *name == "connection") {
+            continue;
+        }
+        headers.remove(*name);
+    }
+}
+
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+async fn forward(
+    shared: Arc<Shared>,
+    ctx: Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let live = shared.live();
+    let method = req.method().as_str().to_string();
+    let raw_path =
+        req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let host_header = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .filter(|(n, _)| *n != header::PROXY_AUTHORIZATION)
+        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let head = RequestHead {
+        method: &method,
+        target_host: &ctx.host,
+        sni: ctx.sni.as_deref(),
+        host_header: host_header.as_deref(),
+        path_and_query: &raw_path,
+        headers: &headers,
+    };
+    let verdict = policy::decide(&live.table, &live.canaries, &head);
+    let mut record = AuditRecord::now(&method, &ctx.host, &raw_path);
+    let (host, path_and_query) = match verdict {
+        Verdict::Introspect => {
+            let body = if raw_path.starts_with("/audit") {
+                serde_json::to_string_pretty(&shared.audit.recent()).unwrap_or_default()
+            } else {
+                serde_json::to_string_pretty(&live.table.to_public_json()).unwrap_or_default()
+            };
+            let mut resp = text(StatusCode::OK, body);
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return resp;
+        }
+        Verdict::Block { reason, alarm } => {
+            record.reason = Some(reason.clone());
+            record.alarm = alarm;
+            shared.audit.record(record);
+            return blocked(&reason);
+        }
+        Verdict::Allow { host, path_and_query } => (host, path_and_query),
+    };
+    record.path = path_and_query.clone();
+    record.route = Some(host.clone());
+    let Some(route) =
+        live.table.get(&host).or_else(|| policy::route_for_host(&live.table, &host).ok())
+    else {
+        return blocked("route disappeared");
+    };
+    let websocket = is_websocket(req.headers());
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, websocket);
+    // The agent's credentials never leave; the route's real one is added here.
+    parts.headers.remove(header::AUTHORIZATION);
+    parts.headers.remove(header::PROXY_AUTHORIZATION);
+    if let (Some(auth), Some(token)) = (&route.spec.auth, route.token()) {
+        let (name, value) = match auth.scheme {
+            AuthScheme::Bearer => (header::AUTHORIZATION, format!("Bearer {token}")),
+            AuthScheme::Token => (header::AUTHORIZATION, format!("token {token}")),
+            AuthScheme::Basic => (header::AUTHORIZATION, format!("Basic {token}")),
+            AuthScheme::Header => {
+                let name = auth
+                    .header
+                    .as_deref()
+                    .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                    .unwrap_or(header::AUTHORIZATION);
+                parts.headers.remove(&name);
+                (name, token.to_string())
+            }
+        };
+        match HeaderValue::from_str(&value) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                parts.headers.insert(name, v);
+            }
+            Err(_) => return blocked("the route's token is not a valid header value"),
+        }
+    }
+    let default_port = if ctx.tls { 443 } else { 80 };
+    let authority =
+        if ctx.port == default_port { host.clone() } else { format!("{host}:{}", ctx.port) };
+    match HeaderValue::from_str(&authority) {
+        Ok(v) => {
+            parts.headers.insert(header::HOST, v);
+        }
+        Err(_) => return blocked("bad host"),
+    }
+    parts.uri = match path_and_query.parse() {
+        Ok(uri) => uri,
+        Err(_) => return blocked("malformed request path"),
+    };
+    parts.version = Version::HTTP_11;
+    let pinned = route.spec.connect.as_deref().and_then(|c| c.parse().ok());
+    drop(live);
+    let upstream_req = Request::from_parts(parts, body);
+
+    let sender =
+        ctx.pool.lock().unwrap_or_else(|p| p.into_inner()).pop().filter(|s| !s.is_closed());
+    let mut sender = match sender {
+        Some(s) => s,
+        None => match open_upstream(&shared, &host, ctx.port, ctx.tls, pinned).await {
+            Ok(s) => s,
+            Err((status, reason)) => {
+                record.verdict = "error";
+                record.status = status.as_u16();
+                record.reason = Some(reason.clone());
+                shared.audit.record(record);
+                return text(status, format!("bottle: upstream error: {reason}\n"));
+            }
+        },
+    };
+    let sent = tokio::time::timeout(shared.config.response_timeout, async {
+        sender.ready().await?;
+        sender.send_request(upstream_req).await
+    })
+    .await;
+    let mut resp = match sent {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(err)) => {
+            record.verdict = "error";
+            record.status = 502;
+            record.reason = Some(format!("upstream failed: {err}"));
+            shared.audit.record(record);
+            return text(StatusCode::BAD_GATEWAY, format!("bottle: upstream error: {err}\n"));
+        }
+        Err(_) => {
+            record.verdict = "error";
+            record.status = 504;
+            record.reason = Some("upstream response timed out".into());
+            shared.audit.record(record);
+            return text(
+                StatusCode::GATEWAY_TIMEOUT,
+                "bottle: upstream response timed out\n".into(),
+            );
+        }
+    };
+    let upgraded = websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if upgraded {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        if let Some(client_upgrade) = client_upgrade {
+            tokio::spawn(async move {
+                if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
+                    let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(upstream));
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+            });
+        }
+    } else {
+        ctx.pool.lock().unwrap_or_else(|p| p.into_inner()).push(sender);
+    }
+    strip_hop_by_hop(resp.headers_mut(), upgraded);
+    record.verdict = "allow";
+    record.status = resp.status().as_u16();
+    record.bytes_down = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    record.duration_ms = started.elapsed().as_secs_f64() * 1e3;
+    shared.audit.record(record);
+    resp.map(|b| b.boxed())
+}
+
+async fn open_upstream(
+    shared: &Shared,
+    host: &str,
+    port: u16,
+    tls: bool,
+    pinned: Option<SocketAddr>,
+) -> Result<SendRequest<Incoming>, (StatusCode, String)> {
+    let timeout = shared.config.connect_timeout;
+    let (tcp, _) = dial::connect(host, port, pinned, timeout).await.map_err(|err| {
+        let status = match err {
+            dial::DialError::NotPublic { .. } => StatusCode::FORBIDDEN,
+            dial::DialError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        (status, crate::error_chain(&err))
+    })?;
+    let bad = |e: String| (StatusCode::BAD_GATEWAY, e);
+    if tls {
+        let name = ServerName::try_from(host.to_string()).map_err(|e| bad(e.to_string()))?;
+        let connector = tokio_rustls::TlsConnector::from(shared.client_tls.clone());
+        let stream = tokio::time::timeout(timeout, connector.connect(name, tcp))
+            .await
+            .map_err(|_| {
+                (StatusCode::GATEWAY_TIMEOUT, format!("TLS handshake with {host} timed out"))
+            })?
+            .map_err(|e| bad(format!("TLS handshake with {host} failed: {e}")))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        tokio::spawn(conn.with_upgrades());
+        Ok(sender)
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        tokio::spawn(conn.with_upgrades());
+        Ok(sender)
+    }
+}
