@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod proxy;
 
 /// Run AI coding agents in throw-away sandboxes behind a sidecar they cannot touch.
 #[derive(Debug, Parser)]
@@ -28,6 +29,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run only the egress firewall: a default-deny HTTP/HTTPS proxy with TLS
+    /// interception by a fresh name-constrained CA, token injection, SSRF and DoH
+    /// blocking. Prints where the CA certificate is and the environment a client needs,
+    /// then serves until SIGTERM; SIGHUP reloads the routes file.
+    Proxy(proxy::ProxyArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +57,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo { seconds, json } => demo::run(seconds, json).await,
+            Command::Proxy(args) => proxy::run(args).await,
         }
     });
     match result {

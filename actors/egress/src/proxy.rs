@@ -589,10 +589,13 @@ async fn forward(
         None => match open_upstream(&shared, &host, ctx.port, ctx.tls, pinned).await {
             Ok(s) => s,
             Err((status, reason)) => {
-                record.verdict = "error";
+                record.verdict = if status == StatusCode::FORBIDDEN { "block" } else { "error" };
                 record.status = status.as_u16();
                 record.reason = Some(reason.clone());
                 shared.audit.record(record);
+                if status == StatusCode::FORBIDDEN {
+                    return blocked(&reason);
+                }
                 return text(status, format!("bottle: upstream error: {reason}\n"));
             }
         },
@@ -604,6 +607,14 @@ async fn forward(
     .await;
     let mut resp = match sent {
         Ok(Ok(resp)) => resp,
+        Ok(Err(err)) if err.is_user() => {
+            // The agent's own body failed (broken chunking, reset mid-body): its fault.
+            record.verdict = "block";
+            record.status = 400;
+            record.reason = Some(format!("malformed request body: {err}"));
+            shared.audit.record(record);
+            return text(StatusCode::BAD_REQUEST, "bottle: malformed request body\n".into());
+        }
         Ok(Err(err)) => {
             record.verdict = "error";
             record.status = 502;

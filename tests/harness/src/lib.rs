@@ -4,6 +4,8 @@
 //! Every test that touches signals or the reaper runs in its own process (nextest runs
 //! each test in a separate process: signals and the reaper are process-wide).
 
+pub mod egress;
+
 use std::ffi::OsString;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,0 +1,255 @@
+//! Egress test fixtures: echo upstreams (HTTP and HTTPS with their own CA), an
+//! in-process proxy, and clients (curl, and raw CONNECT + TLS in Rust).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bottle_ca::{CaConfig, CertificateAuthority};
+use bottle_egress::routes::RouteTable;
+use bottle_egress::{Egress, EgressConfig, Placeholders};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the echo upstream saw, returned as its JSON body.
+pub fn echo_json(
+    method: &str,
+    path: &str,
+    version: &str,
+    headers: &[(String, String)],
+    body_len: usize,
+) -> String {
+    serde_json::json!({ "method": method, "path": path, "version": version, "headers": headers, "body_len": body_len }).to_string()
+}
+
+async fn echo(
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let method = req.method().to_string();
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let version = format!("{:?}", req.version());
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    Ok(hyper::Response::new(Full::new(Bytes::from(echo_json(
+        &method, &path, &version, &headers, body,
+    )))))
+}
+
+/// A local upstream: plain HTTP, or HTTPS with a leaf for `names` from its own CA.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The CA (PEM) that signed its certificate, for HTTPS upstreams.
+    pub ca_pem: Option<String>,
+}
+
+impl Upstream {
+    /// Starts a plain HTTP echo server on 127.0.0.1.
+    pub async fn http() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(echo))
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, ca_pem: None }
+    }
+
+    /// Starts an HTTPS echo server on 127.0.0.1 for `names`.
+    pub async fn https(names: &[&str]) -> Upstream {
+        let ca = Arc::new(
+            CertificateAuthority::mint(CaConfig {
+                permitted: Some(names.iter().map(|s| s.to_string()).collect()),
+                common_name: "test upstream CA".into(),
+                ..CaConfig::default()
+            })
+            .unwrap(),
+        );
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(ca.resolver());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(tls), service_fn(echo))
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, ca_pem: Some(ca.cert_pem().to_string()) }
+    }
+}
+
+/// A proxy running in this process.
+#[derive(Debug)]
+pub struct Proxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The proxy itself (reload, audit).
+    pub egress: Egress,
+    /// Its CA.
+    pub ca: Arc<CertificateAuthority>,
+    /// Placeholders handed to the agent.
+    pub placeholders: Placeholders,
+    /// Temporary files (CA PEMs).
+    pub dir: crate::external::TempDir,
+}
+
+impl Proxy {
+    /// Starts a proxy over `routes`, trusting `upstream_ca` (PEM) for upstreams.
+    pub async fn start(routes: &str, env: &[(&str, &str)], upstream_ca: Option<&str>) -> Proxy {
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let table = RouteTable::parse(routes, &|name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        let ca = Arc::new(
+            CertificateAuthority::mint(CaConfig {
+                permitted: Some(table.bumped_hosts()),
+                ..CaConfig::default()
+            })
+            .unwrap(),
+        );
+        let dir = crate::external::TempDir::new("egress");
+        std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+        let upstream_ca_path = upstream_ca.map(|pem| {
+            let path = dir.join("upstream-ca.pem");
+            std::fs::write(&path, pem).unwrap();
+            path
+        });
+        let placeholders = Placeholders::generate(&table);
+        let config = EgressConfig { upstream_ca: upstream_ca_path, ..EgressConfig::default() };
+        let egress = Egress::new(table, ca.clone(), placeholders.clone(), config).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = egress.clone();
+        tokio::spawn(async move { serving.serve(listener).await });
+        Proxy { addr, egress, ca, placeholders, dir }
+    }
+
+    /// Path of the proxy CA's certificate.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Runs curl through the proxy; returns (HTTP status or 0, body, stderr).
+    #[allow(clippy::disallowed_methods)] // curl is a client under test; no reaper here
+    pub fn curl(&self, args: &[&str]) -> (u16, String, String) {
+        let mut cmd = crate::external::command("curl");
+        cmd.args([
+            "-s",
+            "-S",
+            "--max-time",
+            "20",
+            "-x",
+            &format!("http://{}", self.addr),
+            "--cacert",
+        ])
+        .arg(self.ca_file())
+        .args(["-w", "\n%{http_code}"])
+        .args(args);
+        let out = crate::external::output(&mut cmd);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", "0"));
+        (
+            code.trim().parse().unwrap_or(0),
+            body.to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Sends raw bytes to the proxy and returns everything it answers until it closes
+    /// (or 5 s pass).
+    pub async fn raw(&self, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        let _ = stream.write_all(request).await;
+        let mut out = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut out))
+                .await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// CONNECT to `target`, then TLS with `sni` trusting `roots_pem`; sends one GET and
+    /// returns the response text, or the error.
+    pub async fn connect_tls(
+        &self,
+        target: &str,
+        sni: &str,
+        roots_pem: &str,
+        path: &str,
+    ) -> Result<String, String> {
+        let mut stream = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
+        stream
+            .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut byte).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err(format!("proxy closed: {}", String::from_utf8_lossy(&head)));
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(head);
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name =
+            rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+        let mut tls = connector.connect(name, stream).await.map_err(|e| format!("tls: {e}"))?;
+        let host = target.split(':').next().unwrap_or(target);
+        tls.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut out))
+            .await;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}

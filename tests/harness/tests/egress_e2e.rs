@@ -1,0 +1,314 @@
+//! The egress proxy end to end: curl and a Rust client through a proxy in this process
+//! to local HTTP and HTTPS upstreams started here.
+#![allow(clippy::disallowed_methods)] // drives curl; no reaper in this process
+
+use std::time::Duration;
+
+use bottle_tests::egress::{Proxy, Upstream};
+
+const API_TOKEN: &str = "real-api-token-0123456789";
+const GH_TOKEN: &str = "ghp_realgithubtoken0123456789";
+
+struct World {
+    proxy: Proxy,
+    https: Upstream,
+}
+
+async fn world() -> World {
+    let http = Upstream::http().await;
+    let https = Upstream::https(&["secure.test", "nofetch.test", "pass.test"]).await;
+    let routes = format!(
+        r#"routes:
+  - host: plain.test
+    connect: "{h}"
+    auth: {{scheme: Bearer, token_ref: API_TOKEN}}
+    matches:
+      - paths: [{{type: prefix, value: /api/}}]
+        methods: [GET, POST]
+      - paths: [{{type: exact, value: /health}}]
+      - paths: [{{type: regex, value: '/repos/[a-z]+/issues'}}]
+        headers: [{{name: X-Mode, value: read}}]
+  - host: secure.test
+    connect: "{s}"
+    auth: {{scheme: token, token_ref: GH_TOKEN}}
+    git: {{fetch: true}}
+  - host: nofetch.test
+    connect: "{s}"
+  - host: pass.test
+    connect: "{s}"
+    tls_passthrough: true
+  - host: localhost
+"#,
+        h = http.addr,
+        s = https.addr
+    );
+    let proxy = Proxy::start(
+        &routes,
+        &[("API_TOKEN", API_TOKEN), ("GH_TOKEN", GH_TOKEN)],
+        https.ca_pem.as_deref(),
+    )
+    .await;
+    World { proxy, https }
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn header_values(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0].as_str().unwrap().eq_ignore_ascii_case(name))
+        .map(|h| h[1].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn curl(w: &World, args: &[&str]) -> (u16, String, String) {
+    let proxy_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let ca = w.proxy.ca_file();
+    let addr = w.proxy.addr;
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = bottle_tests::external::command("curl");
+        cmd.args(["-s", "-S", "--max-time", "20", "-x", &format!("http://{addr}"), "--cacert"])
+            .arg(&ca)
+            .args(["-w", "\n%{http_code}"])
+            .args(&proxy_args);
+        let out = bottle_tests::external::output(&mut cmd);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", "0"));
+        (
+            code.trim().parse().unwrap_or(0),
+            body.to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_match_kind_allows_and_denies_as_written() {
+    let w = world().await;
+    for (args, status) in [
+        (vec!["http://plain.test/api/users"], 200),
+        (vec!["-X", "POST", "-d", "x=1", "http://plain.test/api/users"], 200),
+        (vec!["-X", "DELETE", "http://plain.test/api/users"], 403),
+        // Gateway API semantics: the prefix `/api/` also matches `/api` itself.
+        (vec!["http://plain.test/api"], 200),
+        (vec!["http://plain.test/apix"], 403),
+        (vec!["http://plain.test/health"], 200),
+        (vec!["http://plain.test/health/deep"], 403),
+        (vec!["-H", "X-Mode: read", "http://plain.test/repos/abc/issues"], 200),
+        (vec!["http://plain.test/repos/abc/issues"], 403),
+        (vec!["-H", "X-Mode: write", "http://plain.test/repos/abc/issues"], 403),
+        (vec!["--path-as-is", "http://plain.test/api/../admin"], 403),
+        (vec!["--path-as-is", "http://plain.test/api/%2e%2e/admin"], 403),
+        (vec!["http://unlisted.test/"], 403),
+    ] {
+        let (code, body, err) = curl(&w, &args).await;
+        assert_eq!(code, status, "{args:?}: {body} {err}");
+        if status == 403 {
+            assert!(body.starts_with("bottle: blocked: "), "{body}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_token_is_injected_exactly_once_and_the_agents_never_leaves() {
+    let w = world().await;
+    let (code, body, _) = curl(
+        &w,
+        &[
+            "-H",
+            "Authorization: Bearer agent-supplied",
+            "-H",
+            "Proxy-Authorization: Basic eDp5",
+            "http://plain.test/api/x",
+        ],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let echo = json(&body);
+    assert_eq!(header_values(&echo, "authorization"), vec![format!("Bearer {API_TOKEN}")]);
+    assert!(header_values(&echo, "proxy-authorization").is_empty());
+    assert!(!body.contains("agent-supplied"));
+    // Over intercepted HTTPS too, with the route's scheme.
+    let (code, body, err) =
+        curl(&w, &["-H", "Authorization: token agent", "https://secure.test/user"]).await;
+    assert_eq!(code, 200, "{body} {err}");
+    assert_eq!(header_values(&json(&body), "authorization"), vec![format!("token {GH_TOKEN}")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_works_through_an_intercepted_route() {
+    let w = world().await;
+    let (code, body, err) =
+        curl(&w, &["--http2", "-w", "|%{http_version}\n%{http_code}", "https://secure.test/h2"])
+            .await;
+    assert_eq!(code, 200, "{body} {err}");
+    assert!(body.ends_with("|2"), "curl did not speak HTTP/2 to the proxy: {body}");
+    assert!(body.contains("\"path\":\"/h2\""), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_sni_and_host_header_spoofing_is_blocked() {
+    let w = world().await;
+    let (code, body, _) = curl(&w, &["-H", "Host: evil.test", "http://plain.test/api/x"]).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("Host header"), "{body}");
+    // CONNECT to one allowed host, TLS SNI naming another allowed host.
+    let ca = w.proxy.ca.cert_pem().to_string();
+    let reply = w.proxy.connect_tls("secure.test:443", "nofetch.test", &ca, "/").await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 403") && reply.contains("SNI"), "{reply}");
+    // SNI naming a host the CA may not sign for: no certificate, no connection.
+    let err = w.proxy.connect_tls("secure.test:443", "evil.test", &ca, "/").await.unwrap_err();
+    assert!(err.starts_with("tls:"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_literals_in_every_encoding_and_private_resolutions_are_blocked() {
+    let w = world().await;
+    for literal in [
+        "127.0.0.1",
+        "2130706433",
+        "0x7f000001",
+        "0x7f.1",
+        "0177.0.0.1",
+        "127.1",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "169.254.169.254",
+        "10.0.0.1",
+        "172.16.0.1",
+        "192.168.1.1",
+        "100.64.0.1",
+        "224.0.0.1",
+        "[fe80::1]",
+        "[fd00:ec2::254]",
+    ] {
+        let (code, body, err) = curl(&w, &[&format!("http://{literal}/")]).await;
+        assert_eq!(code, 403, "{literal}: {body} {err}");
+        assert!(body.contains("is not a route"), "{literal}: {body}");
+    }
+    let (code, body, _) = curl(&w, &["http://localhost/"]).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("Loopback"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doh_and_git_push_are_blocked_and_fetch_needs_the_flag() {
+    let w = world().await;
+    for (args, status, needle) in [
+        (
+            vec!["https://secure.test/dns-query?dns=AAABAAABAAAAAAAAA3d3dwdleGFtcGxlA2NvbQAAAQAB"],
+            403,
+            "DNS-over-HTTPS",
+        ),
+        (
+            vec!["-H", "Accept: application/dns-message", "https://secure.test/q"],
+            403,
+            "DNS-over-HTTPS",
+        ),
+        (vec!["https://secure.test/org/r.git/info/refs?service=git-receive-pack"], 403, "git push"),
+        (vec!["-X", "POST", "https://secure.test/org/r.git/git-receive-pack"], 403, "git push"),
+        (
+            vec!["https://secure.test/org/r.git/info/refs?service=git%2Dreceive%2Dpack"],
+            403,
+            "git push",
+        ),
+        (vec!["https://secure.test/org/r.git/info/refs?service=git-upload-pack"], 200, ""),
+        (
+            vec!["https://nofetch.test/org/r.git/info/refs?service=git-upload-pack"],
+            403,
+            "git fetch is not enabled",
+        ),
+    ] {
+        let (code, body, err) = curl(&w, &args).await;
+        assert_eq!(code, status, "{args:?}: {body} {err}");
+        assert!(body.contains(needle), "{args:?}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_tunnels_only_when_the_sni_matches() {
+    let w = world().await;
+    let upstream_ca = w.https.ca_pem.clone().unwrap();
+    // The client verifies against the origin's own CA: nothing was intercepted.
+    let reply =
+        w.proxy.connect_tls("pass.test:443", "pass.test", &upstream_ca, "/tunnel").await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("/tunnel"), "{reply}");
+    let err =
+        w.proxy.connect_tls("pass.test:443", "secure.test", &upstream_ca, "/").await.unwrap_err();
+    assert!(err.starts_with("tls:"), "{err}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let records = w.proxy.egress.audit().recent();
+    assert!(
+        records.iter().any(|r| r
+            .reason
+            .as_deref()
+            .is_some_and(|x| x.contains("SNI \"secure.test\" does not match"))),
+        "{records:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placeholder_sent_to_another_host_is_blocked_and_raises_an_alarm() {
+    let w = world().await;
+    let placeholder =
+        w.proxy.placeholders.env().into_iter().find(|(k, _)| k == "API_TOKEN").unwrap().1;
+    let (code, body, _) =
+        curl(&w, &["-H", &format!("X-Leak: {placeholder}"), "https://secure.test/x"]).await;
+    assert_eq!(code, 403, "{body}");
+    let (code, _, _) = curl(&w, &[&format!("https://secure.test/x?k={GH_TOKEN}")]).await;
+    assert_eq!(code, 200, "a route's own token on its own host is no alarm");
+    let (code, body, _) = curl(&w, &[&format!("https://secure.test/x?k={API_TOKEN}")]).await;
+    assert_eq!(code, 403, "{body}");
+    let alarms = w.proxy.egress.audit().recent().into_iter().filter(|r| r.alarm).count();
+    assert_eq!(alarms, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_lists_the_routes_without_secrets() {
+    let w = world().await;
+    let (code, body, _) = curl(&w, &["http://_bottle.internal/routes"]).await;
+    assert_eq!(code, 200);
+    assert!(body.contains("plain.test") && body.contains("API_TOKEN"), "{body}");
+    assert!(!body.contains(API_TOKEN) && !body.contains(GH_TOKEN), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400_and_the_proxy_keeps_serving() {
+    let w = world().await;
+    let huge = format!(
+        "GET http://plain.test/api/x HTTP/1.1\r\nHost: plain.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    for request in [
+        "GARBAGE\r\n\r\n".to_string(),
+        "GET http://plain.test/api/x HTTP/9.9\r\n\r\n".to_string(),
+        huge,
+        "POST http://plain.test/api/x HTTP/1.1\r\nHost: plain.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_string(),
+        "POST http://plain.test/api/x HTTP/1.1\r\nHost: plain.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_string(),
+    ] {
+        let reply = w.proxy.raw(request.as_bytes()).await;
+        let status = reply.split_whitespace().nth(1).unwrap_or("none").to_string();
+        assert!(matches!(status.as_str(), "400" | "431" | "505") || reply.is_empty(), "{:?} -> {reply:?}", &request[..40.min(request.len())]);
+        assert!(!reply.contains("\"method\""), "a malformed request reached the upstream: {reply}");
+    }
+    let (code, _, _) = curl(&w, &["http://plain.test/api/x"]).await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_and_chunked_conflict_cannot_smuggle_a_request() {
+    // hyper resolves the conflict as RFC 9112 section 6.1 allows: the chunked framing
+    // wins, Content-Length is dropped and the connection closes after the response. The
+    // upstream sees one request with one framing; the smuggled second request never runs.
+    let w = world().await;
+    let smuggle = "POST http://plain.test/api/x HTTP/1.1\r\nHost: plain.test\r\nContent-Length: 60\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET http://plain.test/health HTTP/1.1\r\nHost: plain.test\r\n\r\n";
+    let reply = w.proxy.raw(smuggle.as_bytes()).await;
+    assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
+    assert!(!reply.contains("content-length\"") && !reply.contains("/health"), "{reply}");
+}
