@@ -312,3 +312,63 @@ async fn a_content_length_and_chunked_conflict_cannot_smuggle_a_request() {
     assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
     assert!(!reply.contains("content-length\"") && !reply.contains("/health"), "{reply}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_under_load_fails_no_request_and_applies_to_new_ones() {
+    let w = world().await;
+    let http = Upstream::http().await;
+    let table = |extra: &str| {
+        format!(
+            "routes:\n  - host: plain.test\n    connect: \"{}\"\n    matches: [{{paths: [{{type: prefix, value: /api/}}]}}]\n{extra}",
+            http.addr
+        )
+    };
+    let reload = |text: String| {
+        let t = bottle_egress::routes::RouteTable::parse(&text, &|_| None).unwrap();
+        w.proxy.egress.reload(t).unwrap();
+    };
+    reload(table(""));
+    let addr = w.proxy.addr;
+    let mut clients = Vec::new();
+    for c in 0..6 {
+        clients.push(tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut failures = Vec::new();
+            for i in 0..40 {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let req = format!("GET http://plain.test/api/{c}/{i} HTTP/1.1\r\nHost: plain.test\r\nConnection: close\r\n\r\n");
+                s.write_all(req.as_bytes()).await.unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).await.unwrap();
+                if !out.starts_with("HTTP/1.1 200") {
+                    failures.push(out);
+                }
+            }
+            failures
+        }));
+    }
+    // 30 reloads while 240 requests run; every table allows /api/.
+    for i in 0..30 {
+        // (passthrough: a new intercepted host would be outside the CA's constraints)
+        reload(table(&format!("  - host: extra{i}.test\n    tls_passthrough: true\n")));
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    for client in clients {
+        let failures = client.await.unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+    // A table without the route takes effect for the next request; an invalid one is refused.
+    reload("routes:\n  - host: other.test\n    tls_passthrough: true\n".into());
+    let (code, _, _) = curl(&w, &["http://plain.test/api/x"]).await;
+    assert_eq!(code, 403);
+    let bad = bottle_egress::routes::RouteTable::parse(
+        "routes:\n  - host: plain.test\n    methds: [GET]\n",
+        &|_| None,
+    );
+    assert!(bad.unwrap_err().to_string().contains("methds"));
+    // A new intercepted host the CA cannot sign for is refused; the table stays.
+    let outside =
+        bottle_egress::routes::RouteTable::parse("routes:\n  - host: new.test\n", &|_| None)
+            .unwrap();
+    assert!(w.proxy.egress.reload(outside).unwrap_err().to_string().contains("name constraints"));
+}
