@@ -3,7 +3,7 @@
 //!
 //! Hazard: a builtin named in a config but missing from this build must be a
 //! configuration error at start, never a silent no-op daemon. The registry below is the
-//! complete list; this build has none yet (the egress and git-gate issues add theirs).
+//! complete list: `egress` (the egress proxy); the git gate adds its own.
 
 use std::sync::Arc;
 
@@ -13,7 +13,18 @@ use bottle_runtime::spec::ActorFactory;
 type Constructor = fn(Option<&toml::Table>) -> Result<Arc<dyn ActorFactory>, String>;
 
 /// Every builtin this build knows.
-const REGISTRY: &[(&str, Constructor)] = &[];
+const REGISTRY: &[(&str, Constructor)] = &[("egress", egress)];
+
+/// `builtin = "egress"`: the egress proxy, configured by its `[daemon.config]` table
+/// (`routes`, `listen`, `ca_out`, `upstream_ca`, `audit_log`, `ca_days`).
+fn egress(config: Option<&toml::Table>) -> Result<Arc<dyn ActorFactory>, String> {
+    let table =
+        config.cloned().ok_or("builtin \"egress\" needs a config table with at least `routes`")?;
+    let settings: bottle_egress::EgressSettings = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("egress config: {}", e.message()))?;
+    Ok(Arc::new(bottle_egress::EgressFactory { settings }))
+}
 
 /// Names of the builtins in this build.
 pub(crate) fn names() -> Vec<&'static str> {

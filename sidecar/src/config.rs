@@ -501,7 +501,15 @@ mod tests {
                 "[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\n[[daemon]]\nname = \"a\"\ncommand = [\"y\"]\n",
                 "duplicate daemon name",
             ),
-            ("[[daemon]]\nname = \"a\"\nbuiltin = \"nope\"\n", "unknown builtin \"nope\""),
+            (
+                "[[daemon]]\nname = \"a\"\nbuiltin = \"nope\"\n",
+                "unknown builtin \"nope\"; this build has egress",
+            ),
+            ("[[daemon]]\nname = \"a\"\nbuiltin = \"egress\"\n", "needs a config table"),
+            (
+                "[[daemon]]\nname = \"a\"\nbuiltin = \"egress\"\n[daemon.config]\nroutes = \"/r.yaml\"\nlisten = \"x\"\n",
+                "egress config",
+            ),
             ("[[daemon]]\nname = \"a\"\n", "set command"),
             (
                 "[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nstop_timeout = 0\n",

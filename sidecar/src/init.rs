@@ -159,6 +159,18 @@ impl Init {
                 }
                 Some(_) => {}
             }
+            if new_daemon.is_some_and(|d| d.builtin.is_some()) {
+                let path = name.clone();
+                match ractor::call_t!(
+                    root,
+                    |reply| SupervisorMsg::ReloadChild { path, reply },
+                    30_000
+                ) {
+                    Ok(Ok(what)) => notes.push(format!("{name}: {what}")),
+                    Ok(Err(why)) => notes.push(format!("{name}: reload failed: {why}")),
+                    Err(e) => notes.push(format!("{name}: reload failed: {e}")),
+                }
+            }
             if let Some(signal) = new_daemon.and_then(|d| d.reload_signal().ok().flatten()) {
                 let path = name.clone();
                 match ractor::call_t!(

@@ -7,6 +7,7 @@
 //! and never reach the agent, which only ever holds placeholders.
 #![forbid(unsafe_code)]
 
+mod actor;
 pub mod addr;
 pub mod audit;
 pub mod dial;
@@ -15,6 +16,7 @@ mod proxy;
 pub mod routes;
 pub mod sni;
 
+pub use actor::{EgressActor, EgressFactory, EgressMsg, EgressSettings};
 pub use proxy::{Egress, EgressConfig, EgressError, Placeholders};
 
 /// `error: cause: cause` on one line.

@@ -212,9 +212,15 @@ impl Egress {
     }
 
     /// Swaps the route table atomically. Requests in flight finish under the old one.
-    /// A table the CA cannot serve is refused and the old one stays.
+    /// An intercepted host the CA's name constraints do not cover (added after start)
+    /// is accepted with a warning: plain HTTP to it works, and CONNECT to it is refused
+    /// with the reason until the bottle restarts with a CA that covers it.
     pub fn reload(&self, table: RouteTable) -> Result<(), EgressError> {
-        check_ca(&table, &self.shared.ca)?;
+        for host in table.bumped_hosts() {
+            if !self.shared.ca.permits(&host) {
+                tracing::warn!(%host, "New intercepted host is outside the CA's name constraints: HTTPS to it is refused until restart.");
+            }
+        }
         let new = Arc::new(live(table, &self.shared.placeholders));
         *self.shared.live.write().unwrap_or_else(|p| p.into_inner()) = new;
         Ok(())
@@ -330,6 +336,14 @@ async fn connect(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         }
     };
     let passthrough = route.spec.tls_passthrough;
+    if !passthrough && !shared.ca.permits(&host) {
+        let reason = format!(
+            "{host:?} was added after the bottle's CA was minted; its TLS cannot be intercepted until the bottle restarts"
+        );
+        record.reason = Some(reason.clone());
+        shared.audit.record(record);
+        return blocked(&reason);
+    }
     let pinned = route.spec.connect.as_deref().and_then(|c| c.parse().ok());
     let route_host = route.host.clone();
     drop(live);

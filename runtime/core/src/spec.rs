@@ -122,6 +122,13 @@ pub trait ActorFactory: Send + Sync + std::fmt::Debug {
         supervisor: ActorCell,
     ) -> Result<ActorCell, SpawnErr>;
 
+    /// Deliver a reload (SIGHUP, `ctl reload`) to the running actor `cell`. The default:
+    /// this kind of actor does not reload.
+    async fn reload(&self, cell: &ActorCell) -> Result<String, String> {
+        let _ = cell;
+        Err("this actor does not reload".into())
+    }
+
     /// Fault injection: make the running actor `cell` panic. Returns false when this
     /// kind of actor has no way to be told to (the default).
     fn inject_panic(&self, cell: &ActorCell) -> bool {

@@ -58,6 +58,13 @@ pub enum SupervisorMsg {
         /// Result.
         reply: RpcReplyPort<Result<(), String>>,
     },
+    /// Reload the actor child at `path` through its factory's reload hook.
+    ReloadChild {
+        /// Child path relative to this supervisor.
+        path: String,
+        /// What it reported.
+        reply: RpcReplyPort<Result<String, String>>,
+    },
     /// Send `signal` to the process child at `path`; replies whether it was delivered.
     SignalChild {
         /// Child path relative to this supervisor.
@@ -268,6 +275,12 @@ impl Actor for SupervisorActor {
                     }
                     None => Err(format!("no child {:?} under {}", spec.name, state.path)),
                 };
+                if !reply.is_closed() {
+                    let _ = reply.send(result);
+                }
+            }
+            SupervisorMsg::ReloadChild { path, reply } => {
+                let result = state.reload_child(&path).await;
                 if !reply.is_closed() {
                     let _ = reply.send(result);
                 }
@@ -618,6 +631,23 @@ impl SupervisorState {
                 self.child_down(myself, idx, termination).await;
                 Err(format!("{} failed to start: {what}", self.child_path(idx)))
             }
+        }
+    }
+
+    async fn reload_child(&mut self, path: &str) -> Result<String, String> {
+        let (idx, rest) = self.find(path)?;
+        match (&self.children[idx].handle, rest, &self.children[idx].spec.start) {
+            (Some(ChildHandle::Supervisor(sub)), Some(rest), _) => ractor::call_t!(
+                sub,
+                |reply| SupervisorMsg::ReloadChild { path: rest, reply },
+                30_000
+            )
+            .map_err(|e| e.to_string())?,
+            (Some(ChildHandle::Actor(cell)), None, ChildStart::Actor(factory)) => {
+                factory.reload(cell).await
+            }
+            (None, _, _) => Err(format!("{} is not running", self.child_path(idx))),
+            _ => Err(format!("{} is not a reloadable actor", self.child_path(idx))),
         }
     }
 

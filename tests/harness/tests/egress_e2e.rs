@@ -349,8 +349,7 @@ async fn a_reload_under_load_fails_no_request_and_applies_to_new_ones() {
     }
     // 30 reloads while 240 requests run; every table allows /api/.
     for i in 0..30 {
-        // (passthrough: a new intercepted host would be outside the CA's constraints)
-        reload(table(&format!("  - host: extra{i}.test\n    tls_passthrough: true\n")));
+        reload(table(&format!("  - host: extra{i}.test\n")));
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
     for client in clients {
@@ -358,7 +357,7 @@ async fn a_reload_under_load_fails_no_request_and_applies_to_new_ones() {
         assert!(failures.is_empty(), "{failures:?}");
     }
     // A table without the route takes effect for the next request; an invalid one is refused.
-    reload("routes:\n  - host: other.test\n    tls_passthrough: true\n".into());
+    reload("routes:\n  - host: other.test\n".into());
     let (code, _, _) = curl(&w, &["http://plain.test/api/x"]).await;
     assert_eq!(code, 403);
     let bad = bottle_egress::routes::RouteTable::parse(
@@ -366,9 +365,18 @@ async fn a_reload_under_load_fails_no_request_and_applies_to_new_ones() {
         &|_| None,
     );
     assert!(bad.unwrap_err().to_string().contains("methds"));
-    // A new intercepted host the CA cannot sign for is refused; the table stays.
-    let outside =
-        bottle_egress::routes::RouteTable::parse("routes:\n  - host: new.test\n", &|_| None)
-            .unwrap();
-    assert!(w.proxy.egress.reload(outside).unwrap_err().to_string().contains("name constraints"));
+    // A new intercepted host outside the CA's constraints: plain HTTP works, CONNECT is
+    // refused with the reason (the CA cannot sign for it until restart).
+    let text = format!("routes:\n  - host: new.test\n    connect: \"{}\"\n", http.addr);
+    w.proxy
+        .egress
+        .reload(bottle_egress::routes::RouteTable::parse(&text, &|_| None).unwrap())
+        .unwrap();
+    let (code, _, _) = curl(&w, &["http://new.test/x"]).await;
+    assert_eq!(code, 200);
+    let reply = w
+        .proxy
+        .raw(b"CONNECT new.test:443 HTTP/1.1\r\nHost: new.test\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(reply.starts_with("HTTP/1.1 403") && reply.contains("restarts"), "{reply}");
 }

@@ -1,0 +1,170 @@
+//! The egress proxy as a supervised actor (bottle-init's builtin daemon `egress`).
+//!
+//! Hazard: a reload that half-applies would leave the proxy with no table or the wrong
+//! CA. `pre_start` does every fallible step (read and validate the routes, mint the CA,
+//! bind the port) so a failure is a start failure the supervisor sees; a reload reads and
+//! validates the new file first and swaps atomically, keeping the old table on any error.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bottle_ca::{CaConfig, CertificateAuthority};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use tokio::task::JoinHandle;
+
+use crate::routes::RouteTable;
+use crate::{Egress, EgressConfig, Placeholders};
+
+/// How the builtin runs (bottle-init's `[daemon.config]` table).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSettings {
+    /// The routes file.
+    pub routes: PathBuf,
+    /// Listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory for `ca.pem` (the certificate only) and `placeholders.env`.
+    #[serde(default)]
+    pub ca_out: Option<PathBuf>,
+    /// Extra upstream CA certificates (PEM).
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
+    /// JSON-lines audit file.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
+    /// CA lifetime in days.
+    #[serde(default = "default_days")]
+    pub ca_days: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9099))
+}
+
+fn default_days() -> u64 {
+    7
+}
+
+/// Everything the egress actor can be asked. Closed on purpose.
+#[derive(Debug)]
+pub enum EgressMsg {
+    /// Re-read and swap the routes file (SIGHUP via bottle-init, `ctl reload`).
+    Reload(RpcReplyPort<Result<String, String>>),
+}
+
+/// The actor.
+#[derive(Debug)]
+pub struct EgressActor;
+
+/// Its state.
+#[derive(Debug)]
+pub struct EgressState {
+    egress: Egress,
+    settings: EgressSettings,
+    serve: JoinHandle<()>,
+}
+
+fn read_routes(path: &PathBuf) -> Result<RouteTable, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    RouteTable::parse(&text, &|name| std::env::var(name).ok()).map_err(|e| e.to_string())
+}
+
+impl Actor for EgressActor {
+    type Msg = EgressMsg;
+    type State = EgressState;
+    type Arguments = EgressSettings;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<EgressMsg>,
+        settings: EgressSettings,
+    ) -> Result<EgressState, ActorProcessingErr> {
+        let table = read_routes(&settings.routes)?;
+        let ca = Arc::new(CertificateAuthority::mint(CaConfig {
+            lifetime: Duration::from_secs(settings.ca_days.max(1) * 24 * 3600),
+            permitted: Some(table.bumped_hosts()),
+            ..CaConfig::default()
+        })?);
+        tracing::info!(fingerprint = %ca.fingerprint(), "Minted the bottle CA.");
+        let placeholders = Placeholders::generate(&table);
+        if let Some(dir) = &settings.ca_out {
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+            let env: String =
+                placeholders.env().into_iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+            std::fs::write(dir.join("placeholders.env"), env)?;
+        }
+        let config = EgressConfig {
+            upstream_ca: settings.upstream_ca.clone(),
+            audit_log: settings.audit_log.clone(),
+            ..EgressConfig::default()
+        };
+        let egress = Egress::new(table, ca, placeholders, config)?;
+        let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+        tracing::info!(listen = %settings.listen, "Egress proxy listening.");
+        let serving = egress.clone();
+        let serve = tokio::spawn(async move { serving.serve(listener).await });
+        Ok(EgressState { egress, settings, serve })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<EgressMsg>,
+        msg: EgressMsg,
+        state: &mut EgressState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            EgressMsg::Reload(reply) => {
+                let result = read_routes(&state.settings.routes)
+                    .and_then(|table| state.egress.reload(table).map_err(|e| e.to_string()))
+                    .map(|()| "routes reloaded".to_string());
+                if let Err(why) = &result {
+                    tracing::warn!(%why, "Routes reload failed; keeping the current table.");
+                }
+                if !reply.is_closed() {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<EgressMsg>,
+        state: &mut EgressState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.serve.abort();
+        Ok(())
+    }
+}
+
+/// Starts [`EgressActor`]s for a supervisor.
+#[derive(Debug)]
+pub struct EgressFactory {
+    /// The settings every start uses.
+    pub settings: EgressSettings,
+}
+
+#[async_trait::async_trait]
+impl bottle_runtime::spec::ActorFactory for EgressFactory {
+    async fn spawn_linked(
+        &self,
+        _name: String,
+        supervisor: ActorCell,
+    ) -> Result<ActorCell, SpawnErr> {
+        Ok(Actor::spawn_linked(None, EgressActor, self.settings.clone(), supervisor)
+            .await?
+            .0
+            .get_cell())
+    }
+
+    async fn reload(&self, cell: &ActorCell) -> Result<String, String> {
+        let actor: ActorRef<EgressMsg> = cell.clone().into();
+        ractor::call_t!(actor, EgressMsg::Reload, 30_000).map_err(|e| e.to_string())?
+    }
+}
