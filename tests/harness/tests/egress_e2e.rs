@@ -380,3 +380,44 @@ async fn a_reload_under_load_fails_no_request_and_applies_to_new_ones() {
         .await;
     assert!(reply.starts_with("HTTP/1.1 403") && reply.contains("restarts"), "{reply}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_on_an_allowed_route_is_proxied_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world().await;
+    let mut s = tokio::net::TcpStream::connect(w.proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET http://plain.test/api/ws HTTP/1.1\r\nHost: plain.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "closed: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // RFC 6455's example key and its accept value.
+    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+    // A masked text frame "hello" goes up and comes back byte for byte.
+    let frame = [0x81u8, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+    for _ in 0..3 {
+        s.write_all(&frame).await.unwrap();
+        let mut back = [0u8; 11];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, frame);
+    }
+    // A route that does not allow the path refuses the upgrade.
+    let reply = w.proxy.raw(b"GET http://plain.test/ws HTTP/1.1\r\nHost: plain.test\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+}
