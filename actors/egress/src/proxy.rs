@@ -35,6 +35,66 @@ use crate::sni::{self, Hello};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
+/// A body that counts its bytes and runs `on_done` with the count once, when it ends or
+/// is dropped (a client that hangs up mid-download still gets its audit line).
+struct Metered {
+    inner: Incoming,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+    on_done: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+}
+
+impl Metered {
+    fn new(
+        inner: Incoming,
+        bytes: Arc<std::sync::atomic::AtomicU64>,
+        on_done: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+    ) -> Metered {
+        Metered { inner, bytes, on_done }
+    }
+
+    fn finish(&mut self) {
+        if let Some(done) = self.on_done.take() {
+            done(self.bytes.load(std::sync::atomic::Ordering::Relaxed));
+        }
+    }
+}
+
+impl hyper::body::Body for Metered {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_))) => self.finish(),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 /// Errors of building or reloading the proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
@@ -289,7 +349,7 @@ struct ConnCtx {
     port: u16,
     tls: bool,
     sni: Option<String>,
-    pool: Mutex<Vec<SendRequest<Incoming>>>,
+    pool: Mutex<Vec<SendRequest<Metered>>>,
 }
 
 async fn front(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
@@ -594,7 +654,8 @@ async fn forward(
     parts.version = Version::HTTP_11;
     let pinned = route.spec.connect.as_deref().and_then(|c| c.parse().ok());
     drop(live);
-    let upstream_req = Request::from_parts(parts, body);
+    let bytes_up = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let upstream_req = Request::from_parts(parts, Metered::new(body, bytes_up.clone(), None));
 
     let sender =
         ctx.pool.lock().unwrap_or_else(|p| p.into_inner()).pop().filter(|s| !s.is_closed());
@@ -664,14 +725,17 @@ async fn forward(
     strip_hop_by_hop(resp.headers_mut(), upgraded);
     record.verdict = "allow";
     record.status = resp.status().as_u16();
-    record.bytes_down = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(0);
     record.duration_ms = started.elapsed().as_secs_f64() * 1e3;
-    shared.audit.record(record);
-    resp.map(|b| b.boxed())
+    // The audit line is written when the response body ends, with both byte counts.
+    let audit_shared = shared.clone();
+    let on_done: Box<dyn FnOnce(u64) + Send + Sync> = Box::new(move |down| {
+        record.bytes_up = bytes_up.load(std::sync::atomic::Ordering::Relaxed);
+        record.bytes_down = down;
+        audit_shared.audit.record(record);
+    });
+    resp.map(|b| {
+        Metered::new(b, Arc::new(std::sync::atomic::AtomicU64::new(0)), Some(on_done)).boxed()
+    })
 }
 
 async fn open_upstream(
@@ -680,7 +744,7 @@ async fn open_upstream(
     port: u16,
     tls: bool,
     pinned: Option<SocketAddr>,
-) -> Result<SendRequest<Incoming>, (StatusCode, String)> {
+) -> Result<SendRequest<Metered>, (StatusCode, String)> {
     let timeout = shared.config.connect_timeout;
     let (tcp, _) = dial::connect(host, port, pinned, timeout).await.map_err(|err| {
         let status = match err {

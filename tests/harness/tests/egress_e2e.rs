@@ -421,3 +421,32 @@ async fn a_websocket_upgrade_on_an_allowed_route_is_proxied_both_ways() {
     let reply = w.proxy.raw(b"GET http://plain.test/ws HTTP/1.1\r\nHost: plain.test\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_is_audited_with_bytes_up_and_down() {
+    let w = world().await;
+    let (code, body, _) = curl(&w, &["-d", "hello world", "http://plain.test/api/upload"]).await;
+    assert_eq!(code, 200);
+    let (code, _, _) = curl(&w, &["http://plain.test/nope"]).await;
+    assert_eq!(code, 403);
+    let mut records = Vec::new();
+    for _ in 0..200 {
+        records = w.proxy.egress.audit().recent();
+        if records.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let allow = records.iter().find(|r| r.verdict == "allow").expect("allow record");
+    assert_eq!(
+        (allow.method.as_str(), allow.path.as_str(), allow.status),
+        ("POST", "/api/upload", 200)
+    );
+    assert_eq!(allow.bytes_up, 11);
+    assert_eq!(allow.bytes_down, body.len() as u64);
+    let block = records.iter().find(|r| r.verdict == "block").expect("block record");
+    assert_eq!(block.path, "/nope");
+    assert!(block.reason.as_deref().unwrap().contains("not allowed"));
+    let line = serde_json::to_string(allow).unwrap();
+    assert!(!line.contains(API_TOKEN), "{line}");
+}
