@@ -305,9 +305,12 @@ impl Egress {
             let _ = stream.set_nodelay(true);
             let shared = self.shared.clone();
             tokio::spawn(async move {
+                // Upstream connections for plain-HTTP requests are reused per client
+                // connection and upstream host.
+                let plain: Arc<PlainPools> = Arc::default();
                 let service = service_fn(move |req| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(front(shared, req).await) }
+                    let (shared, plain) = (shared.clone(), plain.clone());
+                    async move { Ok::<_, Infallible>(front(shared, plain, req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .max_buf_size(64 * 1024)
@@ -352,20 +355,35 @@ struct ConnCtx {
     pool: Mutex<Vec<SendRequest<Metered>>>,
 }
 
-async fn front(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+/// Per client connection: one context (and upstream pool) per plain-HTTP upstream.
+type PlainPools = Mutex<std::collections::HashMap<(String, u16), Arc<ConnCtx>>>;
+
+async fn front(
+    shared: Arc<Shared>,
+    plain: Arc<PlainPools>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     if req.method() == Method::CONNECT {
         return connect(shared, req).await;
     }
     let uri = req.uri().clone();
     match (uri.scheme_str(), uri.host()) {
         (Some("http"), Some(host)) => {
-            let ctx = Arc::new(ConnCtx {
-                host: normalize_host(host),
-                port: uri.port_u16().unwrap_or(80),
-                tls: false,
-                sni: None,
-                pool: Mutex::new(Vec::new()),
-            });
+            let key = (normalize_host(host), uri.port_u16().unwrap_or(80));
+            let ctx = plain
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    Arc::new(ConnCtx {
+                        host: key.0,
+                        port: key.1,
+                        tls: false,
+                        sni: None,
+                        pool: Mutex::new(Vec::new()),
+                    })
+                })
+                .clone();
             forward(shared, ctx, req).await
         }
         (Some(other), Some(_)) => text(
@@ -404,7 +422,7 @@ async fn connect(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         shared.audit.record(record);
         return blocked(&reason);
     }
-    let pinned = route.spec.connect.as_deref().and_then(|c| c.parse().ok());
+    let pinned = route.connect_addr(port);
     let route_host = route.host.clone();
     drop(live);
     tokio::spawn(async move {
@@ -652,7 +670,7 @@ async fn forward(
         Err(_) => return blocked("malformed request path"),
     };
     parts.version = Version::HTTP_11;
-    let pinned = route.spec.connect.as_deref().and_then(|c| c.parse().ok());
+    let pinned = route.connect_addr(ctx.port);
     drop(live);
     let bytes_up = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let upstream_req = Request::from_parts(parts, Metered::new(body, bytes_up.clone(), None));

@@ -393,8 +393,9 @@ fn compile(spec: RouteSpec, env: &dyn Fn(&str) -> Option<String>) -> Result<Rout
     }
     if let Some(connect) = &spec.connect
         && connect.parse::<std::net::SocketAddr>().is_err()
+        && connect.parse::<std::net::IpAddr>().is_err()
     {
-        return Err(bad(format!("connect {connect:?} must be an ip:port address")));
+        return Err(bad(format!("connect {connect:?} must be an ip or ip:port address")));
     }
     let token = match &spec.auth {
         None => None,
@@ -418,6 +419,15 @@ pub const VALID_METHODS: &[&str] =
     &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
 
 impl Route {
+    /// The operator-pinned address for a request to `port`: `connect: ip:port` pins both,
+    /// `connect: ip` pins the address and keeps the requested port.
+    pub fn connect_addr(&self, port: u16) -> Option<std::net::SocketAddr> {
+        let connect = self.spec.connect.as_deref()?;
+        connect.parse::<std::net::SocketAddr>().ok().or_else(|| {
+            connect.parse::<std::net::IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, port))
+        })
+    }
+
     /// The real token of this route, if it injects one.
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
@@ -526,7 +536,7 @@ mod tests {
                 "routes:\n  - host: a.example\n    auth: {scheme: header, token_ref: GH_TOKEN}\n",
                 "needs `header",
             ),
-            ("routes:\n  - host: a.example\n    connect: nowhere\n", "ip:port"),
+            ("routes:\n  - host: a.example\n    connect: nowhere\n", "ip or ip:port"),
         ] {
             let err = table(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");

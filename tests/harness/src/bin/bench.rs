@@ -4,6 +4,12 @@
 //!     cargo run --release -p bottle-tests --bin bottle-bench -- [runtime] [--iterations N]
 //!
 //!     cargo run --release -p bottle-tests --bin bottle-bench -- init [--iterations N]
+//!     cargo build --release -p bottle && cargo run --release -p bottle-tests --bin bottle-bench -- egress
+//!
+//! `egress`: bottle proxy against mitmproxy (`pip install mitmproxy`) and a direct
+//! connection (the floor), same upstream, same load generator: plain HTTP keep-alive,
+//! HTTPS intercepted keep-alive, HTTPS intercepted with a new connection per request,
+//! and a 100 MB download.
 //!
 //! (one group per invocation: `runtime` installs a reaper in this process, `init` runs
 //! other supervisors as children and waits for them with std.)
@@ -245,6 +251,7 @@ fn main() {
         .expect("runtime");
     match which.first().copied() {
         Some("init") => init_bench::run(iterations.min(30)),
+        Some("egress") => runtime.block_on(egress_bench::run()),
         Some("runtime") | None => runtime.block_on(runtime_bench(iterations)),
         Some(other) => eprintln!("unknown group {other:?}: runtime or init"),
     }
@@ -567,5 +574,426 @@ mod init_bench {
                 s6_med.as_secs_f64() / bi_med.as_secs_f64()
             );
         }
+    }
+}
+
+/// Egress proxies under the same load. Processes are spawned and waited for with std;
+/// this group installs no reaper.
+#[allow(clippy::disallowed_methods)]
+mod egress_bench {
+    use std::net::SocketAddr;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper::client::conn::http1::SendRequest;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const CONCURRENCY: usize = 8;
+    const SECONDS: u64 = 4;
+    const BIG: usize = 100 * 1024 * 1024;
+
+    struct Proc(Child);
+    impl Drop for Proc {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> SocketAddr {
+        let big = Bytes::from(vec![b'x'; BIG]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
+                let (tls, big) = (tls.clone(), big.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let big = big.clone();
+                            async move {
+                                let body = if req.uri().path() == "/big" {
+                                    big
+                                } else {
+                                    Bytes::from_static(b"ok")
+                                };
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                    body,
+                                )))
+                            }
+                        },
+                    );
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(s), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn roots(pem: &str) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    #[derive(Clone)]
+    struct Target {
+        proxy: Option<SocketAddr>,
+        upstream: SocketAddr,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    }
+
+    impl Target {
+        /// A connection ready for requests, and the URI to request.
+        async fn connect(&self) -> Option<(SendRequest<Empty<Bytes>>, String)> {
+            let port = self.upstream.port();
+            let mut stream = TcpStream::connect(self.proxy.unwrap_or(self.upstream)).await.ok()?;
+            let _ = stream.set_nodelay(true);
+            match &self.tls {
+                None => {
+                    let uri = if self.proxy.is_some() {
+                        format!("http://localhost:{port}/")
+                    } else {
+                        "/".into()
+                    };
+                    let (sender, conn) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+                    tokio::spawn(conn);
+                    Some((sender, uri))
+                }
+                Some(config) => {
+                    if self.proxy.is_some() {
+                        stream.write_all(format!("CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n").as_bytes()).await.ok()?;
+                        let mut head = Vec::new();
+                        let mut b = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") {
+                            if stream.read(&mut b).await.ok()? == 0 {
+                                return None;
+                            }
+                            head.push(b[0]);
+                        }
+                        if !head.starts_with(b"HTTP/1.1 200") && !head.starts_with(b"HTTP/1.0 200")
+                        {
+                            return None;
+                        }
+                    }
+                    let connector = tokio_rustls::TlsConnector::from(config.clone());
+                    let tls = connector
+                        .connect(rustls::pki_types::ServerName::try_from("localhost").ok()?, stream)
+                        .await
+                        .ok()?;
+                    let (sender, conn) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.ok()?;
+                    tokio::spawn(conn);
+                    Some((sender, "/".into()))
+                }
+            }
+        }
+    }
+
+    async fn get(sender: &mut SendRequest<Empty<Bytes>>, uri: &str, port: u16) -> Option<usize> {
+        sender.ready().await.ok()?;
+        let req = hyper::Request::get(uri)
+            .header("host", format!("localhost:{port}"))
+            .body(Empty::new())
+            .ok()?;
+        let resp = sender.send_request(req).await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        Some(resp.into_body().collect().await.ok()?.to_bytes().len())
+    }
+
+    struct Load {
+        rps: f64,
+        p50: Duration,
+        p99: Duration,
+        errors: usize,
+    }
+
+    async fn load(target: &Target, keep_alive: bool) -> Load {
+        let deadline = Instant::now() + Duration::from_secs(SECONDS);
+        let mut tasks = Vec::new();
+        for _ in 0..CONCURRENCY {
+            let target = target.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0;
+                let mut conn = None;
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    if conn.is_none() || !keep_alive {
+                        conn = target.connect().await;
+                    }
+                    let ok = match conn.as_mut() {
+                        Some((sender, uri)) => {
+                            get(sender, &uri.clone(), target.upstream.port()).await.is_some()
+                        }
+                        None => false,
+                    };
+                    if ok {
+                        lat.push(t0.elapsed());
+                    } else {
+                        errors += 1;
+                        conn = None;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                (lat, errors)
+            }));
+        }
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (l, e) = t.await.unwrap();
+            all.extend(l);
+            errors += e;
+        }
+        all.sort();
+        let pick = |p: f64| {
+            all.get(((all.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or_default()
+        };
+        Load { rps: all.len() as f64 / SECONDS as f64, p50: pick(0.5), p99: pick(0.99), errors }
+    }
+
+    async fn download(target: &Target) -> Option<f64> {
+        let target = target.clone();
+        let (mut sender, uri) = target.connect().await?;
+        let uri = if uri.ends_with('/') { format!("{uri}big") } else { uri };
+        let t0 = Instant::now();
+        let n = get(&mut sender, &uri, target.upstream.port()).await?;
+        (n == BIG).then(|| BIG as f64 / 1e6 / t0.elapsed().as_secs_f64())
+    }
+
+    fn wait_port(addr: SocketAddr) -> bool {
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    pub(super) async fn run() {
+        let dir = bottle_tests::external::TempDir::new("bench-egress");
+        let up_ca = bottle_ca::CertificateAuthority::mint(bottle_ca::CaConfig {
+            permitted: Some(vec!["localhost".into()]),
+            ..Default::default()
+        })
+        .unwrap();
+        let up_ca = Arc::new(up_ca);
+        std::fs::write(dir.join("upstream-ca.pem"), up_ca.cert_pem()).unwrap();
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(up_ca.resolver());
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let http_up = serve(None).await;
+        let https_up = serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))).await;
+
+        // bottle proxy, as its own process.
+        let bottle = bottle_tests::sibling_binary("bottle");
+        std::fs::write(
+            dir.join("routes.yaml"),
+            "routes:\n  - host: localhost\n    connect: 127.0.0.1\n",
+        )
+        .unwrap();
+        let bottle_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let _bottle = Proc(
+            Command::new(&bottle)
+                .args(["proxy", "--routes"])
+                .arg(dir.join("routes.yaml"))
+                .args(["--listen", &bottle_addr.to_string(), "--ca-out"])
+                .arg(dir.join("bottle-ca"))
+                .arg("--upstream-ca")
+                .arg(dir.join("upstream-ca.pem"))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("bottle proxy (build it: cargo build --release -p bottle)"),
+        );
+        assert!(wait_port(bottle_addr), "bottle proxy did not start");
+        let bottle_ca = std::fs::read_to_string(dir.join("bottle-ca/ca.pem")).unwrap();
+
+        // mitmproxy, the reference system's engine.
+        let mitm_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mitm = Command::new("mitmdump")
+            .args([
+                "-q",
+                "--listen-host",
+                "127.0.0.1",
+                "--listen-port",
+                &mitm_addr.port().to_string(),
+            ])
+            .arg("--set")
+            .arg(format!("confdir={}", dir.join("mitm").display()))
+            .arg("--set")
+            .arg(format!(
+                "ssl_verify_upstream_trusted_ca={}",
+                dir.join("upstream-ca.pem").display()
+            ))
+            .args(["--set", "stream_large_bodies=1m"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Proc);
+        let mitm = match mitm {
+            Ok(p) if wait_port(mitm_addr) => Some(p),
+            _ => {
+                eprintln!("mitmdump not available (pip install mitmproxy): skipping its column");
+                None
+            }
+        };
+        let mitm_ca = mitm
+            .as_ref()
+            .and_then(|_| std::fs::read_to_string(dir.join("mitm/mitmproxy-ca-cert.pem")).ok());
+
+        let up_pem = up_ca.cert_pem().to_string();
+        let scenarios: Vec<(&str, bool, Target, Target, Option<Target>)> = vec![
+            (
+                "plain HTTP, keep-alive",
+                true,
+                Target { proxy: None, upstream: http_up, tls: None },
+                Target { proxy: Some(bottle_addr), upstream: http_up, tls: None },
+                mitm.as_ref().map(|_| Target {
+                    proxy: Some(mitm_addr),
+                    upstream: http_up,
+                    tls: None,
+                }),
+            ),
+            (
+                "HTTPS intercepted, keep-alive",
+                true,
+                Target { proxy: None, upstream: https_up, tls: Some(roots(&up_pem)) },
+                Target {
+                    proxy: Some(bottle_addr),
+                    upstream: https_up,
+                    tls: Some(roots(&bottle_ca)),
+                },
+                mitm_ca.as_ref().map(|ca| Target {
+                    proxy: Some(mitm_addr),
+                    upstream: https_up,
+                    tls: Some(roots(ca)),
+                }),
+            ),
+            (
+                "HTTPS intercepted, new connection per request",
+                false,
+                Target { proxy: None, upstream: https_up, tls: Some(roots(&up_pem)) },
+                Target {
+                    proxy: Some(bottle_addr),
+                    upstream: https_up,
+                    tls: Some(roots(&bottle_ca)),
+                },
+                mitm_ca.as_ref().map(|ca| Target {
+                    proxy: Some(mitm_addr),
+                    upstream: https_up,
+                    tls: Some(roots(ca)),
+                }),
+            ),
+        ];
+        println!(
+            "| scenario ({CONCURRENCY} connections, {SECONDS} s) | direct req/s (p50/p99) | bottle req/s (p50/p99) | mitmproxy req/s (p50/p99) | bottle / mitmproxy req/s | mitmproxy p99 / bottle p99 | bottle p50 / direct p50 |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        let fmt = |l: &Load| {
+            format!(
+                "{:.0} ({:.2} / {:.2} ms){}",
+                l.rps,
+                l.p50.as_secs_f64() * 1e3,
+                l.p99.as_secs_f64() * 1e3,
+                if l.errors > 0 { format!(" [{} errors]", l.errors) } else { String::new() }
+            )
+        };
+        for (name, keep_alive, direct, ours, theirs) in &scenarios {
+            let d = load(direct, *keep_alive).await;
+            let b = load(ours, *keep_alive).await;
+            let m = match theirs {
+                Some(t) => Some(load(t, *keep_alive).await),
+                None => None,
+            };
+            let (mcol, ratio, p99r) = match &m {
+                Some(m) => (
+                    fmt(m),
+                    format!("{:.1}x", b.rps / m.rps.max(1e-9)),
+                    format!("{:.1}x", m.p99.as_secs_f64() / b.p99.as_secs_f64().max(1e-9)),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            println!(
+                "| {name} | {} | {} | {mcol} | {ratio} | {p99r} | {:.2}x |",
+                fmt(&d),
+                fmt(&b),
+                b.p50.as_secs_f64() / d.p50.as_secs_f64().max(1e-9)
+            );
+        }
+        let direct = download(&Target { proxy: None, upstream: http_up, tls: None }).await;
+        let ours = download(&Target {
+            proxy: Some(bottle_addr),
+            upstream: https_up,
+            tls: Some(roots(&bottle_ca)),
+        })
+        .await;
+        let theirs = match &mitm_ca {
+            Some(ca) => {
+                download(&Target {
+                    proxy: Some(mitm_addr),
+                    upstream: https_up,
+                    tls: Some(roots(ca)),
+                })
+                .await
+            }
+            None => None,
+        };
+        let mb =
+            |v: Option<f64>| v.map(|x| format!("{x:.0} MB/s")).unwrap_or_else(|| "failed".into());
+        println!(
+            "| 100 MB download (direct: plain HTTP; proxies: HTTPS intercepted) | {} | {} | {} | {} | | |",
+            mb(direct),
+            mb(ours),
+            mb(theirs),
+            match (ours, theirs) {
+                (Some(a), Some(b)) => format!("{:.1}x", a / b),
+                _ => "-".into(),
+            }
+        );
     }
 }
