@@ -450,3 +450,53 @@ async fn every_decision_is_audited_with_bytes_up_and_down() {
     let line = serde_json::to_string(allow).unwrap();
     assert!(!line.contains(API_TOKEN), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_git_client_cannot_push_through_egress_and_fetches_only_where_allowed() {
+    let w = world().await;
+    let repo = bottle_tests::external::TempDir::new("git-client");
+    let proxy = format!("http://{}", w.proxy.addr);
+    let ca = w.proxy.ca_file();
+    let git = move |args: &[&str], dir: &std::path::Path| {
+        let mut cmd = bottle_tests::external::command("git");
+        cmd.current_dir(dir)
+            .env("HOME", dir)
+            .env("GIT_SSL_CAINFO", &ca)
+            .env("https_proxy", &proxy)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .args(["-c", "user.email=a@b", "-c", "user.name=a"])
+            .args(args);
+        let out = bottle_tests::external::output(&mut cmd);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let dir = repo.0.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        assert!(git(&["init", "-q", "-b", "main"], &dir).0);
+        std::fs::write(dir.join("f"), "x").unwrap();
+        assert!(git(&["add", "f"], &dir).0);
+        assert!(git(&["commit", "-q", "-m", "c"], &dir).0);
+        let push = git(&["push", "https://secure.test/org/r.git", "main"], &dir);
+        let fetch_denied = git(&["ls-remote", "https://nofetch.test/org/r.git"], &dir);
+        let fetch_allowed = git(&["ls-remote", "https://secure.test/org/r.git"], &dir);
+        (push, fetch_denied, fetch_allowed)
+    })
+    .await
+    .unwrap();
+    let (push, fetch_denied, fetch_allowed) = results;
+    assert!(!push.0 && push.1.contains("403"), "push: {}", push.1);
+    assert!(!fetch_denied.0 && fetch_denied.1.contains("403"), "fetch: {}", fetch_denied.1);
+    // Allowed through egress; it fails only because the echo upstream is no git server.
+    assert!(!fetch_allowed.1.contains("403"), "fetch on a git.fetch route: {}", fetch_allowed.1);
+    let records = w.proxy.egress.audit().recent();
+    assert!(
+        records.iter().any(|r| r.reason.as_deref().is_some_and(|x| x.contains("git push"))),
+        "{records:?}"
+    );
+}
