@@ -11,6 +11,7 @@ mod actor;
 pub mod addr;
 pub mod audit;
 pub mod dial;
+mod framing;
 pub mod policy;
 mod proxy;
 pub mod routes;

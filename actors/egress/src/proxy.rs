@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 
 use crate::audit::{Audit, AuditRecord};
 use crate::dial;
+use crate::framing::{Sniffed, Verdicts};
 use crate::policy::{self, Canaries, RequestHead, Verdict};
 use crate::routes::{AuthScheme, RouteTable, normalize_host};
 use crate::sni::{self, Hello};
@@ -308,13 +309,21 @@ impl Egress {
                 // Upstream connections for plain-HTTP requests are reused per client
                 // connection and upstream host.
                 let plain: Arc<PlainPools> = Arc::default();
+                let verdicts: Verdicts = Arc::default();
+                let io = Sniffed::new(stream, verdicts.clone());
                 let service = service_fn(move |req| {
-                    let (shared, plain) = (shared.clone(), plain.clone());
-                    async move { Ok::<_, Infallible>(front(shared, plain, req).await) }
+                    let (shared, plain, verdicts) =
+                        (shared.clone(), plain.clone(), verdicts.clone());
+                    async move {
+                        if framing_conflict(&verdicts) {
+                            return Ok::<_, Infallible>(conflict());
+                        }
+                        Ok::<_, Infallible>(front(shared, plain, req).await)
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .max_buf_size(64 * 1024)
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection(TokioIo::new(io), service)
                     .with_upgrades();
                 if let Err(err) = conn.await {
                     tracing::debug!(%peer, error = %err, "Client connection ended with an error.");
@@ -339,6 +348,20 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// Pops this request's framing verdict (see `framing.rs`): true for a conflict.
+fn framing_conflict(verdicts: &Verdicts) -> bool {
+    verdicts.lock().unwrap_or_else(|p| p.into_inner()).pop_front().unwrap_or(false)
+}
+
+fn conflict() -> Response<Body> {
+    let mut resp = text(
+        StatusCode::BAD_REQUEST,
+        "bottle: bad request: both Content-Length and Transfer-Encoding\n".into(),
+    );
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 
@@ -457,12 +480,19 @@ async fn bump(shared: Arc<Shared>, upgraded: hyper::upgrade::Upgraded, host: Str
     };
     let sni = tls.get_ref().1.server_name().map(str::to_string);
     let ctx = Arc::new(ConnCtx { host, port, tls: true, sni, pool: Mutex::new(Vec::new()) });
+    let verdicts: Verdicts = Arc::default();
+    let io = Sniffed::new(tls, verdicts.clone());
     let service = service_fn(move |req| {
-        let (shared, ctx) = (shared.clone(), ctx.clone());
-        async move { Ok::<_, Infallible>(forward(shared, ctx, req).await) }
+        let (shared, ctx, verdicts) = (shared.clone(), ctx.clone(), verdicts.clone());
+        async move {
+            if framing_conflict(&verdicts) {
+                return Ok::<_, Infallible>(conflict());
+            }
+            Ok::<_, Infallible>(forward(shared, ctx, req).await)
+        }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+    if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
         tracing::debug!(error = %err, "Intercepted connection ended with an error.");
     }
 }

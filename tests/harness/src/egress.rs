@@ -256,6 +256,19 @@ impl Proxy {
         roots_pem: &str,
         path: &str,
     ) -> Result<String, String> {
+        let host = target.split(':').next().unwrap_or(target).to_string();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        self.connect_tls_raw(target, sni, roots_pem, &request).await
+    }
+
+    /// Like [`Proxy::connect_tls`], sending `request` as it is.
+    pub async fn connect_tls_raw(
+        &self,
+        target: &str,
+        sni: &str,
+        roots_pem: &str,
+        request: &str,
+    ) -> Result<String, String> {
         let mut stream = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
         stream
             .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
@@ -290,12 +303,7 @@ impl Proxy {
         let name =
             rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
         let mut tls = connector.connect(name, stream).await.map_err(|e| format!("tls: {e}"))?;
-        let host = target.split(':').next().unwrap_or(target);
-        tls.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        tls.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut out))
             .await;
