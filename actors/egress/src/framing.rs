@@ -176,8 +176,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniffed<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            let new = buf.filled()[before..].to_vec();
-            self.sniffer.feed(&new);
+            self.sniffer.feed(&buf.filled()[before..]);
         }
         polled
     }
