@@ -57,7 +57,8 @@ fn image() -> String {
             std::fs::copy(&lib, &dest).unwrap();
         }
     }
-    let tar = root.join("../rootfs.tar");
+    // A name of our own: tests run in parallel processes and each may build the image.
+    let tar = std::env::temp_dir().join(format!("bottle-rootfs-{}.tar", std::process::id()));
     let out = output(command("tar").arg("-C").arg(&root.0).arg("-cf").arg(&tar).arg("."));
     assert!(out.status.success(), "tar failed");
     let (ok, _, err) = docker(&["import", tar.to_str().unwrap(), &tag]);
