@@ -133,17 +133,7 @@ fn code(value: i32) -> ExitCode {
     ExitCode::from(u8::try_from(value).unwrap_or(1))
 }
 
-/// `error: cause: cause` on one line.
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use bottle_runtime::error_chain as chain;
 
 #[allow(clippy::print_stdout)] // ctl's output is the answer
 async fn ctl(socket: PathBuf, action: CtlAction) -> i32 {

@@ -20,14 +20,4 @@ pub mod sni;
 pub use actor::{EgressActor, EgressFactory, EgressMsg, EgressSettings};
 pub use proxy::{Egress, EgressConfig, EgressError, Placeholders};
 
-/// `error: cause: cause` on one line.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use bottle_runtime::error_chain;

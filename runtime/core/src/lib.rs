@@ -28,7 +28,7 @@ pub use node::{
     Node, NodeActor, NodeConfig, NodeExit, NodeHandle, NodeMsg, RuntimeError, SignalHook,
     process_reaper,
 };
-pub use process::{ProcessActor, ProcessArgs, ProcessMsg, ProcessStatus};
+pub use process::{ProcessActor, ProcessArgs, ProcessMsg, ProcessStatus, error_chain};
 pub use supervisor::{
     ChildStatus, SupervisorActor, SupervisorArgs, SupervisorMsg, SupervisorStatus,
 };

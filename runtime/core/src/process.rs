@@ -407,7 +407,8 @@ impl Drop for NotifySocket {
     }
 }
 
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+/// `error: cause: cause` on one line, for logs and reports.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -5,6 +5,7 @@
 //! each test in a separate process: signals and the reaper are process-wide).
 
 pub mod egress;
+pub mod worker;
 
 use std::ffi::OsString;
 use std::sync::{Arc, Mutex};

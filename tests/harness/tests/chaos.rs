@@ -9,71 +9,23 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bottle_runtime::backoff::Backoff;
 use bottle_runtime::exit::{ExitClass, TreeCause};
 use bottle_runtime::fault::Fault;
 use bottle_runtime::policy::{Decision, RestartPolicy, Strategy};
-use bottle_runtime::spec::{ActorFactory, ChildSpec, ChildStart, SupervisorSpec};
+use bottle_runtime::spec::{ChildSpec, ChildStart, SupervisorSpec};
 use bottle_runtime::{ChildStatus, Node, TreeEvent};
 use bottle_tests::{
     Captured, Recorder, init_tracing, my_children, my_zombies, test_config, testchild,
 };
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const FAULTS: usize = 520;
 
-#[derive(Debug)]
-struct Worker;
-
-#[derive(Debug)]
-enum WorkerMsg {
-    Boom,
-}
-
-impl Actor for Worker {
-    type Msg = WorkerMsg;
-    type State = ();
-    type Arguments = ();
-    async fn pre_start(&self, _: ActorRef<WorkerMsg>, _: ()) -> Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-    async fn handle(
-        &self,
-        _: ActorRef<WorkerMsg>,
-        msg: WorkerMsg,
-        _: &mut (),
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            WorkerMsg::Boom => panic!("chaos boom"),
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct WorkerFactory {
-    starts: AtomicU32,
-}
-
-#[async_trait]
-impl ActorFactory for WorkerFactory {
-    async fn spawn_linked(
-        &self,
-        _name: String,
-        supervisor: ActorCell,
-    ) -> Result<ActorCell, SpawnErr> {
-        self.starts.fetch_add(1, Ordering::Relaxed);
-        Ok(Actor::spawn_linked(None, Worker, (), supervisor).await?.0.get_cell())
-    }
-    fn inject_panic(&self, cell: &ActorCell) -> bool {
-        cell.send_message(WorkerMsg::Boom).is_ok()
-    }
-}
+use bottle_tests::worker::WorkerFactory;
 
 fn quick() -> Backoff {
     Backoff {

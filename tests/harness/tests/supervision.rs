@@ -2,70 +2,17 @@
 //! children under one policy engine.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bottle_runtime::exit::TreeCause;
 use bottle_runtime::fault::Fault;
 use bottle_runtime::policy::Strategy;
-use bottle_runtime::spec::{ActorFactory, ChildSpec, ChildStart, SupervisorSpec};
+use bottle_runtime::spec::{ChildSpec, ChildStart, SupervisorSpec};
 use bottle_runtime::{ChildStatus, Node, NodeHandle};
 use bottle_tests::{Captured, Recorder, eventually, init_tracing, test_config, testchild};
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 
-/// A tiny in-process worker: counts its starts, panics on `Boom`.
-#[derive(Debug)]
-struct Worker {
-    starts: Arc<AtomicU32>,
-}
-
-#[derive(Debug)]
-enum WorkerMsg {
-    Boom,
-}
-
-impl Actor for Worker {
-    type Msg = WorkerMsg;
-    type State = ();
-    type Arguments = ();
-    async fn pre_start(&self, _: ActorRef<WorkerMsg>, _: ()) -> Result<(), ActorProcessingErr> {
-        self.starts.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-    async fn handle(
-        &self,
-        _: ActorRef<WorkerMsg>,
-        msg: WorkerMsg,
-        _: &mut (),
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            WorkerMsg::Boom => panic!("worker boom"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-struct WorkerFactory {
-    starts: Arc<AtomicU32>,
-}
-
-#[async_trait]
-impl ActorFactory for WorkerFactory {
-    async fn spawn_linked(
-        &self,
-        _name: String,
-        supervisor: ActorCell,
-    ) -> Result<ActorCell, SpawnErr> {
-        let (r, _) =
-            Actor::spawn_linked(None, Worker { starts: self.starts.clone() }, (), supervisor)
-                .await?;
-        Ok(r.get_cell())
-    }
-    fn inject_panic(&self, cell: &ActorCell) -> bool {
-        cell.send_message(WorkerMsg::Boom).is_ok()
-    }
-}
+use bottle_tests::worker::WorkerFactory;
 
 fn pids(children: &[ChildStatus]) -> Vec<Option<i32>> {
     children.iter().map(|c| c.pid).collect()
