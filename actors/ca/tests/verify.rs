@@ -219,3 +219,19 @@ async fn a_bumped_handshake_presents_a_leaf_for_the_sni_chained_to_the_ca() {
     assert_eq!(peer.len(), 2);
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn the_ca_actor_mints_at_start_and_hands_out_the_shared_authority() {
+    use bottle_ca::{CaActor, CaArgs, CaMsg};
+    let config = CaConfig { permitted: Some(vec!["a.example".into()]), ..CaConfig::default() };
+    let (actor, handle) = ractor::Actor::spawn(None, CaActor, CaArgs { config }).await.unwrap();
+    let status = ractor::call_t!(actor, CaMsg::Status, 1000).unwrap();
+    assert_eq!(status.minted, 0);
+    assert!(status.cert_pem.contains("BEGIN CERTIFICATE") && !status.cert_pem.contains("PRIVATE"));
+    let authority = ractor::call_t!(actor, CaMsg::Authority, 1000).unwrap();
+    assert_eq!(authority.fingerprint(), status.fingerprint);
+    authority.leaf("a.example").unwrap();
+    assert_eq!(ractor::call_t!(actor, CaMsg::Status, 1000).unwrap().minted, 1);
+    actor.stop(None);
+    handle.await.unwrap();
+}

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bottle_ca::{CaConfig, CertificateAuthority};
+use bottle_ca::{CaActor, CaArgs, CaConfig, CaMsg, CertificateAuthority};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use tokio::task::JoinHandle;
 
@@ -80,16 +80,20 @@ impl Actor for EgressActor {
 
     async fn pre_start(
         &self,
-        _: ActorRef<EgressMsg>,
+        myself: ActorRef<EgressMsg>,
         settings: EgressSettings,
     ) -> Result<EgressState, ActorProcessingErr> {
         let table = read_routes(&settings.routes)?;
-        let ca = Arc::new(CertificateAuthority::mint(CaConfig {
+        // The CA is its own actor, linked to this one: it mints (and logs its fingerprint)
+        // in its pre_start and dies with the proxy.
+        let config = CaConfig {
             lifetime: Duration::from_secs(settings.ca_days.max(1) * 24 * 3600),
             permitted: Some(table.bumped_hosts()),
             ..CaConfig::default()
-        })?);
-        tracing::info!(fingerprint = %ca.fingerprint(), "Minted the bottle CA.");
+        };
+        let (ca_actor, _) =
+            Actor::spawn_linked(None, CaActor, CaArgs { config }, myself.get_cell()).await?;
+        let ca: Arc<CertificateAuthority> = ractor::call_t!(ca_actor, CaMsg::Authority, 5_000)?;
         let placeholders = Placeholders::generate(&table);
         if let Some(dir) = &settings.ca_out {
             std::fs::create_dir_all(dir)?;
