@@ -378,6 +378,9 @@ struct ConnCtx {
     pool: Mutex<Vec<SendRequest<Metered>>>,
 }
 
+/// Plain-HTTP upstream contexts kept per client connection.
+const MAX_PLAIN_POOLS: usize = 32;
+
 /// Per client connection: one context (and upstream pool) per plain-HTTP upstream.
 type PlainPools = Mutex<std::collections::HashMap<(String, u16), Arc<ConnCtx>>>;
 
@@ -393,9 +396,12 @@ async fn front(
     match (uri.scheme_str(), uri.host()) {
         (Some("http"), Some(host)) => {
             let key = (normalize_host(host), uri.port_u16().unwrap_or(80));
-            let ctx = plain
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            let mut pools = plain.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded: an agent naming endless hosts on one connection must not grow it.
+            if pools.len() >= MAX_PLAIN_POOLS && !pools.contains_key(&key) {
+                pools.clear();
+            }
+            let ctx = pools
                 .entry(key.clone())
                 .or_insert_with(|| {
                     Arc::new(ConnCtx {
@@ -407,6 +413,7 @@ async fn front(
                     })
                 })
                 .clone();
+            drop(pools);
             forward(shared, ctx, req).await
         }
         (Some(other), Some(_)) => text(
