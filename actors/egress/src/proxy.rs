@@ -396,24 +396,25 @@ async fn front(
     match (uri.scheme_str(), uri.host()) {
         (Some("http"), Some(host)) => {
             let key = (normalize_host(host), uri.port_u16().unwrap_or(80));
-            let mut pools = plain.lock().unwrap_or_else(|p| p.into_inner());
-            // Bounded: an agent naming endless hosts on one connection must not grow it.
-            if pools.len() >= MAX_PLAIN_POOLS && !pools.contains_key(&key) {
-                pools.clear();
-            }
-            let ctx = pools
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    Arc::new(ConnCtx {
-                        host: key.0,
-                        port: key.1,
-                        tls: false,
-                        sni: None,
-                        pool: Mutex::new(Vec::new()),
+            let ctx = {
+                let mut pools = plain.lock().unwrap_or_else(|p| p.into_inner());
+                // Bounded: an agent naming endless hosts on one connection must not grow it.
+                if pools.len() >= MAX_PLAIN_POOLS && !pools.contains_key(&key) {
+                    pools.clear();
+                }
+                pools
+                    .entry(key.clone())
+                    .or_insert_with(|| {
+                        Arc::new(ConnCtx {
+                            host: key.0,
+                            port: key.1,
+                            tls: false,
+                            sni: None,
+                            pool: Mutex::new(Vec::new()),
+                        })
                     })
-                })
-                .clone();
-            drop(pools);
+                    .clone()
+            };
             forward(shared, ctx, req).await
         }
         (Some(other), Some(_)) => text(
