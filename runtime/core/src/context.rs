@@ -67,6 +67,7 @@ pub struct TreeContext {
     rng: Arc<Mutex<StdRng>>,
     pub(crate) reports: Arc<Mutex<BTreeMap<String, SupervisorReport>>>,
     started: Instant,
+    shutdown: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for TreeContext {
@@ -85,7 +86,25 @@ impl TreeContext {
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
             reports: Arc::new(Mutex::new(BTreeMap::new())),
             started: Instant::now(),
+            shutdown: Arc::new(tokio::sync::watch::channel(false).0),
         }
+    }
+
+    /// Marks the whole tree as shutting down: starts in progress give up (a child still
+    /// waiting for readiness is stopped) and no supervisor starts another child.
+    pub(crate) fn request_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Whether shutdown was requested for the tree.
+    pub(crate) fn shutdown_requested(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Resolves once shutdown is requested.
+    pub(crate) async fn shutdown_signalled(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|requested| *requested).await;
     }
 
     pub(crate) fn observe(&self, event: TreeEvent) {

@@ -79,6 +79,15 @@ impl Termination {
         Termination::Exited { code, signal, stop_requested, forced }
     }
 
+    /// Whether this ending came after we asked the child to stop.
+    pub fn stop_requested(&self) -> bool {
+        matches!(
+            self,
+            Termination::Exited { stop_requested: true, .. }
+                | Termination::ActorStopped { stop_requested: true }
+        )
+    }
+
     /// The one classifier. `permanent_codes` are this child's do-not-restart exit codes.
     pub fn classify(&self, permanent_codes: &[i32]) -> ExitClass {
         match self {

@@ -316,6 +316,8 @@ impl NodeState {
         }
         tracing::info!(%reason, grace = ?self.config.grace, "Shutting down.");
         self.shutdown = Some((Instant::now(), reason));
+        // Reaches supervisors still starting children (the root may not exist yet).
+        self.ctx.request_shutdown();
         if let Some(root) = &self.root {
             let _ = root.send_message(SupervisorMsg::Shutdown);
         }

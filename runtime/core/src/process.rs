@@ -193,10 +193,12 @@ impl Actor for ProcessActor {
         };
         let mut exit_watch = exit_rx.clone();
         let outcome = tokio::select! {
-            // Biased: an exit that raced readiness is reported as an exit, not as ready.
+            // Biased: an exit that raced readiness is reported as an exit, not as ready;
+            // a shutdown of the tree stops a child that is still starting.
             biased;
-            status = exit_watch.wait_for(Option::is_some) => Err(status.ok().and_then(|s| *s)),
-            ready = ready => ready.map_err(|_| None),
+            status = exit_watch.wait_for(Option::is_some) => Err(StartFailure::Exited(status.ok().and_then(|s| *s))),
+            () = ctx.shutdown_signalled() => Err(StartFailure::Shutdown),
+            ready = ready => ready.map_err(|_| StartFailure::NotReady),
         };
         drop(notify_socket);
         let started = Instant::now();
@@ -204,13 +206,28 @@ impl Actor for ProcessActor {
             Ok(()) => {
                 Ok(ProcessState { guard, pumps, path, stop_timeout, slot, ready_at: started })
             }
-            Err(Some(status)) => {
+            Err(StartFailure::Shutdown) => {
+                let (status, forced) =
+                    stop_group(&ctx.reaper, pid, stop_timeout, &mut exit_watch, &path).await;
+                drain_pumps(&mut pumps).await;
+                match status {
+                    Some(status) => {
+                        fill_slot(&slot, Termination::from_status(status, true, forced))
+                    }
+                    None => fill_slot(
+                        &slot,
+                        Termination::ActorFailed { reason: format!("pid {pid} survived SIGKILL") },
+                    ),
+                }
+                Err(format!("{path} stopped while starting: the tree is shutting down").into())
+            }
+            Err(StartFailure::Exited(Some(status))) => {
                 drain_pumps(&mut pumps).await;
                 tracing::warn!(child = %path, %status, "Exited before it was ready.");
                 fill_slot(&slot, Termination::from_status(status, false, false));
                 Err(format!("{path} exited before it was ready ({status})").into())
             }
-            Err(None) => {
+            Err(StartFailure::Exited(None) | StartFailure::NotReady) => {
                 let waited = deadline.unwrap_or_default() + ready_delay.unwrap_or_default();
                 let _ = ctx.reaper.signal_group(pid, libc::SIGKILL);
                 let _ = tokio::time::timeout(KILL_WAIT, exit_watch.wait_for(Option::is_some)).await;
@@ -262,30 +279,16 @@ impl Actor for ProcessActor {
         state: &mut ProcessState,
     ) -> Result<(), ActorProcessingErr> {
         let mut exit = state.guard.exit.clone();
-        if exit.borrow().is_some() {
+        let already = *exit.borrow();
+        if let Some(status) = already {
+            // It ended on its own before (or while) we were asked to stop it: report that.
+            drain_pumps(&mut state.pumps).await;
+            fill_slot(&state.slot, Termination::from_status(status, false, false));
             return Ok(());
         }
-        let reaper = &state.guard.reaper;
         let pid = state.guard.pid;
-        let _ = reaper.signal_group(pid, libc::SIGTERM);
-        let _ = reaper.signal_group(pid, libc::SIGCONT);
-        let mut forced = false;
-        let graceful = tokio::time::timeout(state.stop_timeout, exit.wait_for(Option::is_some))
-            .await
-            .ok()
-            .and_then(|r| r.ok().and_then(|s| *s));
-        let status = match graceful {
-            Some(status) => Some(status),
-            None => {
-                forced = true;
-                tracing::warn!(child = %state.path, timeout = ?state.stop_timeout, "Did not stop after SIGTERM; sending SIGKILL.");
-                let _ = reaper.signal_group(pid, libc::SIGKILL);
-                tokio::time::timeout(KILL_WAIT, exit.wait_for(Option::is_some))
-                    .await
-                    .ok()
-                    .and_then(|r| r.ok().and_then(|s| *s))
-            }
-        };
+        let (status, forced) =
+            stop_group(&state.guard.reaper, pid, state.stop_timeout, &mut exit, &state.path).await;
         drain_pumps(&mut state.pumps).await;
         match status {
             Some(status) => fill_slot(&state.slot, Termination::from_status(status, true, forced)),
@@ -376,6 +379,43 @@ async fn wait_ready(
             tokio::time::timeout(*deadline, read).await.map_err(drop)?
         }
     }
+}
+
+/// Why a start did not end ready.
+enum StartFailure {
+    /// The child exited (status, if the reaper delivered one).
+    Exited(Option<ExitStatus>),
+    /// The readiness check failed or timed out.
+    NotReady,
+    /// The tree began shutting down.
+    Shutdown,
+}
+
+/// SIGTERM (+SIGCONT) to the group, SIGKILL at `timeout`; returns the status and whether
+/// SIGKILL was needed.
+async fn stop_group(
+    reaper: &Reaper,
+    pid: Pid,
+    timeout: Duration,
+    exit: &mut watch::Receiver<Option<ExitStatus>>,
+    path: &str,
+) -> (Option<ExitStatus>, bool) {
+    let _ = reaper.signal_group(pid, libc::SIGTERM);
+    let _ = reaper.signal_group(pid, libc::SIGCONT);
+    let graceful = tokio::time::timeout(timeout, exit.wait_for(Option::is_some))
+        .await
+        .ok()
+        .and_then(|r| r.ok().and_then(|s| *s));
+    if graceful.is_some() {
+        return (graceful, false);
+    }
+    tracing::warn!(child = %path, ?timeout, "Did not stop after SIGTERM; sending SIGKILL.");
+    let _ = reaper.signal_group(pid, libc::SIGKILL);
+    let status = tokio::time::timeout(KILL_WAIT, exit.wait_for(Option::is_some))
+        .await
+        .ok()
+        .and_then(|r| r.ok().and_then(|s| *s));
+    (status, true)
 }
 
 /// A bound `NOTIFY_SOCKET` datagram socket; the file is removed on drop.

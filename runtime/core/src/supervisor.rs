@@ -403,6 +403,9 @@ impl SupervisorState {
     async fn start_batch(&mut self, myself: &ActorRef<SupervisorMsg>, batch: Vec<usize>) {
         let mut queue: VecDeque<usize> = batch.into();
         while let Some(idx) = queue.pop_front() {
+            if self.ctx.shutdown_requested() {
+                self.policy.begin_shutdown();
+            }
             if self.policy.shutting_down() {
                 return;
             }
@@ -410,6 +413,13 @@ impl SupervisorState {
                 continue;
             }
             if let Err(termination) = self.start_child(myself, idx).await {
+                if self.ctx.shutdown_requested() {
+                    // Stopped during its start because the tree is shutting down.
+                    self.policy.begin_shutdown();
+                    let class = termination.classify(&self.children[idx].spec.permanent_exit_codes);
+                    self.record(idx, &termination, class);
+                    return;
+                }
                 self.pending.extend(queue.drain(..));
                 let decision = self.child_down(myself, idx, termination).await;
                 if !matches!(decision, Decision::Restart { .. }) {
@@ -583,9 +593,17 @@ impl SupervisorState {
         if let Some(termination) = take_slot(&self.children[idx].exit) {
             let class = termination.classify(&self.children[idx].spec.permanent_exit_codes);
             self.record(idx, &termination, class);
-            // A nested supervisor's crashes before this stop still count.
-            if let Termination::Supervisor { first_crash: Some(nested), .. } = termination {
-                self.note_crash(nested);
+            // A crash that happened before this stop (a nested supervisor's, or the
+            // child's own exit racing our stop) still counts.
+            if let Termination::Supervisor { first_crash: Some(nested), .. } = &termination {
+                self.note_crash(nested.clone());
+            } else if class != ExitClass::Clean && !termination.stop_requested() {
+                self.note_crash(CrashRecord {
+                    at_ms: self.ctx.since_start_ms(),
+                    child: self.child_path(idx),
+                    code: termination.code(),
+                    what: termination.describe(),
+                });
             }
         }
         self.ctx.observe(TreeEvent::Stopped { path: self.child_path(idx), at: Instant::now() });

@@ -6,7 +6,8 @@
 //! `waitpid(-1)` would turn into a panic. So the table lock is held across the whole of
 //! `spawn` (fork, exec, the exec-error read, std's internal wait) and across every
 //! `waitpid(-1, WNOHANG)` call. Orphans re-parented to us (as PID 1, or as a child
-//! subreaper) are reaped and counted; their statuses go nowhere.
+//! subreaper) are reaped and counted; their statuses go nowhere. When a supervised
+//! child is reaped, what is left of its process group is SIGKILLed.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -136,6 +137,10 @@ impl Reaper {
             match table.waiting.remove(&pid) {
                 Some(sender) => {
                     summary.supervised += 1;
+                    // The leader is gone; whatever it left in its process group goes with
+                    // it (systemd's control-group kill), so no helper outlives its daemon
+                    // into the next restart. Its pgid cannot be reused while members live.
+                    let _ = crate::signal::kill_group(pid, libc::SIGKILL);
                     if let Some(sender) = sender {
                         // The receiver may be gone (its actor was killed): that is fine.
                         let _ = sender.send(status);
