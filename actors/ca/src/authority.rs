@@ -169,14 +169,20 @@ impl CertificateAuthority {
                     }
                 })
                 .collect();
-            if subtrees.is_empty() {
-                // RFC 2606: `invalid` never resolves; the CA can sign nothing real.
+            // A constraint binds only its own name type (RFC 5280): close the other type
+            // explicitly, or a DNS-only CA could still sign for any IP and vice versa.
+            if !permits.iter().any(|p| matches!(p, Permit::Dns(_))) {
+                // RFC 2606: `invalid` never resolves.
                 subtrees.push(GeneralSubtree::DnsName("invalid".into()));
             }
-            params.name_constraints = Some(NameConstraints {
-                permitted_subtrees: subtrees,
-                excluded_subtrees: Vec::new(),
-            });
+            let mut excluded = Vec::new();
+            if !permits.iter().any(|p| matches!(p, Permit::Ip(_))) {
+                excluded
+                    .push(GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([0, 0, 0, 0], 0)));
+                excluded.push(GeneralSubtree::IpAddress(CidrSubnet::from_v6_prefix([0; 16], 0)));
+            }
+            params.name_constraints =
+                Some(NameConstraints { permitted_subtrees: subtrees, excluded_subtrees: excluded });
         }
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
         let issuer = CertifiedIssuer::self_signed(params, key).map_err(generate)?;
@@ -263,7 +269,14 @@ impl CertificateAuthority {
             inflight.entry(host.clone()).or_default().clone()
         };
         let result = cell.get_or_init(|| self.mint_leaf(&host)).clone();
-        let key = result?;
+        let key = match result {
+            Ok(key) => key,
+            Err(err) => {
+                // A failure is not cached: the next request tries again.
+                self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&host);
+                return Err(err);
+            }
+        };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if !cache.contains_key(&host)
             || cache.get(&host).is_some_and(|c| !Arc::ptr_eq(&c.key, &key))

@@ -235,3 +235,17 @@ async fn the_ca_actor_mints_at_start_and_hands_out_the_shared_authority() {
     actor.stop(None);
     handle.await.unwrap();
 }
+
+#[test]
+fn a_dns_only_ca_cannot_sign_for_an_ip_and_an_ip_only_ca_cannot_sign_for_a_name() {
+    let dns_only = ca(&["api.example.com"]);
+    let (rogue, _) = dns_only.mint_unchecked_for_tests("10.0.0.1").unwrap();
+    webpki_verify(&dns_only, &rogue, "10.0.0.1").unwrap_err();
+    let (ok, text) = openssl_verify(&dns_only, &rogue);
+    assert!(!ok, "{text}");
+    let ip_only = ca(&["10.0.0.1"]);
+    let (rogue, _) = ip_only.mint_unchecked_for_tests("example.com").unwrap();
+    webpki_verify(&ip_only, &rogue, "example.com").unwrap_err();
+    let leaf = ip_only.leaf("10.0.0.1").unwrap();
+    webpki_verify(&ip_only, &leaf.cert[0], "10.0.0.1").unwrap();
+}

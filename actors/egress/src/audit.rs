@@ -82,6 +82,7 @@ pub struct Audit {
     file: Option<Mutex<std::fs::File>>,
     path: Option<PathBuf>,
     ring: Mutex<VecDeque<AuditRecord>>,
+    alarms: Mutex<VecDeque<AuditRecord>>,
     limiter: Mutex<Limiter>,
 }
 
@@ -107,6 +108,7 @@ impl Audit {
             file,
             path,
             ring: Mutex::new(VecDeque::with_capacity(RING)),
+            alarms: Mutex::new(VecDeque::new()),
             limiter: Mutex::new(Limiter { window: Instant::now(), used: 0, suppressed: 0 }),
         })
     }
@@ -132,6 +134,16 @@ impl Audit {
     }
 
     fn stderr(&self, record: &AuditRecord) {
+        if record.alarm {
+            // Alarms are never rate-limited: a flood of blocks must not hide one.
+            tracing::error!(host = %record.host, method = %record.method, reason = %record.reason.as_deref().unwrap_or(""), "ALARM: credential canary.");
+            let mut alarms = self.alarms.lock().unwrap_or_else(|p| p.into_inner());
+            if alarms.len() == RING {
+                alarms.pop_front();
+            }
+            alarms.push_back(record.clone());
+            return;
+        }
         let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
         if limiter.window.elapsed().as_secs() >= 1 {
             if limiter.suppressed > 0 {
@@ -154,6 +166,11 @@ impl Audit {
         } else {
             tracing::info!(host = %record.host, method = %record.method, path = %record.path, status = record.status, %reason, "Egress {}.", record.verdict);
         }
+    }
+
+    /// Every alarm (the last 1024), kept apart so ordinary traffic cannot push them out.
+    pub fn alarms(&self) -> Vec<AuditRecord> {
+        self.alarms.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 
     /// The most recent records, oldest first.

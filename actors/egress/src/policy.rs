@@ -86,22 +86,22 @@ fn block(reason: impl Into<String>) -> Verdict {
 /// the placeholders handed to the agent.
 #[derive(Debug, Clone, Default)]
 pub struct Canaries {
-    entries: Vec<(String, String)>,
+    entries: Vec<(String, Vec<String>)>,
 }
 
 impl Canaries {
-    /// `(value, owning host)` pairs; values shorter than 8 bytes are ignored (no false
-    /// positives on short strings).
-    pub fn new(entries: impl IntoIterator<Item = (String, String)>) -> Canaries {
+    /// `(value, hosts allowed to receive it)` pairs; values shorter than 8 bytes are
+    /// ignored (no false positives on short strings).
+    pub fn new(entries: impl IntoIterator<Item = (String, Vec<String>)>) -> Canaries {
         Canaries { entries: entries.into_iter().filter(|(v, _)| v.len() >= 8).collect() }
     }
 
-    /// The owner of the first canary found in `haystack` whose owner is not `host`.
+    /// An owner of the first canary found in `haystack` that `host` may not receive.
     fn foreign<'a>(&'a self, haystack: &str, host: &str) -> Option<&'a str> {
         self.entries
             .iter()
-            .find(|(v, owner)| owner != host && haystack.contains(v.as_str()))
-            .map(|(_, o)| o.as_str())
+            .find(|(v, owners)| !owners.iter().any(|o| o == host) && haystack.contains(v.as_str()))
+            .and_then(|(_, owners)| owners.first().map(String::as_str))
     }
 }
 
@@ -139,6 +139,16 @@ pub fn decide(table: &RouteTable, canaries: &Canaries, head: &RequestHead<'_>) -
     let Some((path, query)) = normalize_path(head.path_and_query) else {
         return block("malformed request path");
     };
+    // What an upstream that decodes once more (nginx) or honours path parameters
+    // (Tomcat, Spring) would see must not climb out of the checked path either.
+    let fully = decode_repeatedly(&path);
+    if fully.split(['/', '\\']).any(|seg| seg == ".." || seg == ".")
+        || path.split('/').any(|seg| seg.starts_with("..;") || seg.starts_with(".;"))
+    {
+        return block(
+            "ambiguous request path (encoded separators or path parameters around dot segments)",
+        );
+    }
     let path_and_query = match &query {
         Some(q) => format!("{path}?{q}"),
         None => path.clone(),
@@ -384,8 +394,8 @@ mod tests {
 
     fn check(h: RequestHead<'_>) -> Verdict {
         let canaries = Canaries::new([
-            ("real-token-0123456789".to_string(), "api.example.com".to_string()),
-            ("bottle-placeholder-abcdef".to_string(), "api.example.com".to_string()),
+            ("real-token-0123456789".to_string(), vec!["api.example.com".to_string()]),
+            ("bottle-placeholder-abcdef".to_string(), vec!["api.example.com".to_string()]),
         ]);
         decide(&table(), &canaries, &h)
     }
@@ -429,6 +439,13 @@ mod tests {
         for path in ["/v1/%zz", "/v1/%", "/v1/a\\b", "/v1/%00", "v1/x", "/v1/%5c"] {
             assert!(
                 blocked(&check(head("GET", "api.example.com", path, &[])), "malformed"),
+                "{path}"
+            );
+        }
+        // Upstreams that decode again or honour path parameters would climb out: refused.
+        for path in ["/v1/..;/admin", "/v1/.;/x", "/v1/..%2Fadmin", "/v1/..%252Fadmin"] {
+            assert!(
+                blocked(&check(head("GET", "api.example.com", path, &[])), "ambiguous"),
                 "{path}"
             );
         }

@@ -152,24 +152,31 @@ impl Default for EgressConfig {
 /// Placeholders handed to the agent instead of real tokens: distinct random values.
 #[derive(Debug, Clone, Default)]
 pub struct Placeholders {
-    entries: Vec<(String, String, String)>,
+    entries: Vec<(String, String, Vec<String>)>,
 }
 
 impl Placeholders {
-    /// One placeholder per route credential: `(token_ref, placeholder, host)`.
+    /// One placeholder per credential (`token_ref`), with every host that credential is
+    /// injected on: `(token_ref, placeholder, hosts)`.
     pub fn generate(table: &RouteTable) -> Placeholders {
         use rand::Rng;
         let mut rng = rand::rng();
-        let entries = table
-            .routes()
-            .iter()
-            .filter_map(|r| r.spec.auth.as_ref().map(|a| (a, r.host.clone())))
-            .map(|(auth, host)| {
-                let random: String =
-                    (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect();
-                (auth.token_ref.clone(), format!("bottle-placeholder-{random}"), host)
-            })
-            .collect();
+        let mut entries: Vec<(String, String, Vec<String>)> = Vec::new();
+        for route in table.routes() {
+            let Some(auth) = &route.spec.auth else { continue };
+            match entries.iter_mut().find(|(var, _, _)| *var == auth.token_ref) {
+                Some((_, _, hosts)) => hosts.push(route.host.clone()),
+                None => {
+                    let random: String =
+                        (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect();
+                    entries.push((
+                        auth.token_ref.clone(),
+                        format!("bottle-placeholder-{random}"),
+                        vec![route.host.clone()],
+                    ));
+                }
+            }
+        }
         Placeholders { entries }
     }
 
@@ -213,9 +220,8 @@ impl std::fmt::Debug for Egress {
 }
 
 fn live(table: RouteTable, placeholders: &Placeholders) -> Live {
-    let mut canaries: Vec<(String, String)> =
-        table.tokens().into_iter().map(|(host, token)| (token, host)).collect();
-    canaries.extend(placeholders.entries.iter().map(|(_, p, h)| (p.clone(), h.clone())));
+    let mut canaries = table.tokens();
+    canaries.extend(placeholders.entries.iter().map(|(_, p, hosts)| (p.clone(), hosts.clone())));
     Live { table, canaries: Canaries::new(canaries) }
 }
 
@@ -322,6 +328,8 @@ impl Egress {
                     }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
                     .max_buf_size(64 * 1024)
                     .serve_connection(TokioIo::new(io), service)
                     .with_upgrades();
@@ -367,6 +375,23 @@ fn conflict() -> Response<Body> {
 
 fn blocked(reason: &str) -> Response<Body> {
     text(StatusCode::FORBIDDEN, format!("bottle: blocked: {reason}\n"))
+}
+
+/// Mints the leaf for the ClientHello's SNI, or for the CONNECT host when there is none.
+#[derive(Debug)]
+struct ConnResolver {
+    ca: Arc<CertificateAuthority>,
+    fallback: String,
+}
+
+impl rustls::server::ResolvesServerCert for ConnResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let host = hello.server_name().unwrap_or(&self.fallback);
+        self.ca.leaf(host).ok()
+    }
 }
 
 /// Per client connection (or per CONNECT tunnel) context.
@@ -445,6 +470,12 @@ async fn connect(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         }
     };
     let passthrough = route.spec.tls_passthrough;
+    if !route.port_allowed(port, true) {
+        let reason = format!("port {port} is not allowed for {host:?}");
+        record.reason = Some(reason.clone());
+        shared.audit.record(record);
+        return blocked(&reason);
+    }
     if !passthrough && !shared.ca.permits(&host) {
         let reason = format!(
             "{host:?} was added after the bottle's CA was minted; its TLS cannot be intercepted until the bottle restarts"
@@ -472,7 +503,10 @@ async fn connect(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
 }
 
 async fn bump(shared: Arc<Shared>, upgraded: hyper::upgrade::Upgraded, host: String, port: u16) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(shared.server_tls.clone());
+    // Clients send no SNI for IP hosts: fall back to the CONNECT host.
+    let mut config = (*shared.server_tls).clone();
+    config.cert_resolver = Arc::new(ConnResolver { ca: shared.ca.clone(), fallback: host.clone() });
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let tls = match tokio::time::timeout(
         Duration::from_secs(10),
         acceptor.accept(TokioIo::new(upgraded)),
@@ -499,7 +533,15 @@ async fn bump(shared: Arc<Shared>, upgraded: hyper::upgrade::Upgraded, host: Str
             Ok::<_, Infallible>(forward(shared, ctx, req).await)
         }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(60));
     if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
         tracing::debug!(error = %err, "Intercepted connection ended with an error.");
     }
@@ -518,9 +560,11 @@ async fn tunnel(
     let mut record = AuditRecord::now("CONNECT", &host, "");
     record.route = Some(route);
     let mut hello = Vec::with_capacity(1024);
+    // One deadline for the whole ClientHello: it cannot be dribbled in for hours.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let verdict = loop {
         let mut chunk = [0u8; 4096];
-        let n = match tokio::time::timeout(Duration::from_secs(10), client.read(&mut chunk)).await {
+        let n = match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
             Ok(Ok(n)) if n > 0 => n,
             _ => break Err("no TLS ClientHello".to_string()),
         };
@@ -652,6 +696,10 @@ async fn forward(
         Verdict::Block { reason, alarm } => {
             record.reason = Some(reason.clone());
             record.alarm = alarm;
+            if alarm {
+                // The URL may hold the credential itself: keep it out of every log.
+                record.path = "[withheld: credential canary]".into();
+            }
             shared.audit.record(record);
             return blocked(&reason);
         }
@@ -664,6 +712,20 @@ async fn forward(
     else {
         return blocked("route disappeared");
     };
+    let refuse = |reason: String, mut record: AuditRecord| {
+        record.reason = Some(reason.clone());
+        shared.audit.record(record);
+        blocked(&reason)
+    };
+    if !route.port_allowed(ctx.port, ctx.tls) {
+        return refuse(format!("port {} is not allowed for {host:?}", ctx.port), record);
+    }
+    if !ctx.tls && route.spec.auth.as_ref().is_some_and(|a| !a.plaintext) {
+        return refuse(
+            format!("{host:?} injects a credential, which never crosses plain HTTP: use https://"),
+            record,
+        );
+    }
     let websocket = is_websocket(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -695,8 +757,9 @@ async fn forward(
         }
     }
     let default_port = if ctx.tls { 443 } else { 80 };
+    let bracketed = if host.contains(':') { format!("[{host}]") } else { host.clone() };
     let authority =
-        if ctx.port == default_port { host.clone() } else { format!("{host}:{}", ctx.port) };
+        if ctx.port == default_port { bracketed } else { format!("{bracketed}:{}", ctx.port) };
     match HeaderValue::from_str(&authority) {
         Ok(v) => {
             parts.headers.insert(header::HOST, v);
@@ -775,9 +838,11 @@ async fn forward(
                 }
             });
         }
-    } else {
-        ctx.pool.lock().unwrap_or_else(|p| p.into_inner()).push(sender);
     }
+    // An HTTP/1.1 upstream connection is free again only when this response body ended;
+    // handing it out earlier would make a concurrent HTTP/2 stream wait behind it.
+    let mut sender = (!upgraded).then_some(sender);
+    let pool_ctx = ctx.clone();
     strip_hop_by_hop(resp.headers_mut(), upgraded);
     record.verdict = "allow";
     record.status = resp.status().as_u16();
@@ -785,6 +850,9 @@ async fn forward(
     // The audit line is written when the response body ends, with both byte counts.
     let audit_shared = shared.clone();
     let on_done: Box<dyn FnOnce(u64) + Send + Sync> = Box::new(move |down| {
+        if let Some(sender) = sender.take() {
+            pool_ctx.pool.lock().unwrap_or_else(|p| p.into_inner()).push(sender);
+        }
         record.bytes_up = bytes_up.load(std::sync::atomic::Ordering::Relaxed);
         record.bytes_down = down;
         audit_shared.audit.record(record);

@@ -62,6 +62,9 @@ pub struct RouteSpec {
     /// loopback address, which resolution would refuse).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect: Option<String>,
+    /// Ports the agent may ask for. Default: 443 through CONNECT, 80 for plain HTTP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
     /// Reserved by the reference system; refused.
     #[serde(default, skip_serializing)]
     role: Option<serde_saphyr_value::Ignored>,
@@ -110,6 +113,10 @@ pub struct AuthSpec {
     /// Header name, for `scheme: header`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// Also inject over plain HTTP (the real token then crosses the wire unencrypted).
+    /// Off by default: without TLS upstream the request is refused.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub plaintext: bool,
 }
 
 /// One match entry: all its parts must hold (AND); entries are ORed.
@@ -287,9 +294,18 @@ impl RouteTable {
         self.routes.iter().filter(|r| !r.spec.tls_passthrough).map(|r| r.host.clone()).collect()
     }
 
-    /// Every real token of the table (for the canary and for DLP).
-    pub fn tokens(&self) -> Vec<(String, String)> {
-        self.routes.iter().filter_map(|r| r.token.clone().map(|t| (r.host.clone(), t))).collect()
+    /// Every real token of the table with the hosts allowed to receive it (a
+    /// `token_ref` shared by several routes belongs to all of them).
+    pub fn tokens(&self) -> Vec<(String, Vec<String>)> {
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for r in &self.routes {
+            let Some(token) = &r.token else { continue };
+            match out.iter_mut().find(|(t, _)| t == token) {
+                Some((_, hosts)) => hosts.push(r.host.clone()),
+                None => out.push((token.clone(), vec![r.host.clone()])),
+            }
+        }
+        out
     }
 
     /// The table as JSON without any secret (introspection).
@@ -426,6 +442,15 @@ impl Route {
         connect.parse::<std::net::SocketAddr>().ok().or_else(|| {
             connect.parse::<std::net::IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, port))
         })
+    }
+
+    /// Whether the agent may ask for `port` (`tls`: through CONNECT).
+    pub fn port_allowed(&self, port: u16, tls: bool) -> bool {
+        if self.spec.ports.is_empty() {
+            port == if tls { 443 } else { 80 }
+        } else {
+            self.spec.ports.contains(&port)
+        }
     }
 
     /// The real token of this route, if it injects one.

@@ -16,12 +16,20 @@ struct World {
 
 async fn world() -> World {
     let http = Upstream::http().await;
-    let https = Upstream::https(&["secure.test", "nofetch.test", "pass.test"]).await;
+    let https = Upstream::https(&[
+        "secure.test",
+        "nofetch.test",
+        "pass.test",
+        "api.github.test",
+        "basic.test",
+        "named.test",
+    ])
+    .await;
     let routes = format!(
         r#"routes:
   - host: plain.test
     connect: "{h}"
-    auth: {{scheme: Bearer, token_ref: API_TOKEN}}
+    auth: {{scheme: Bearer, token_ref: API_TOKEN, plaintext: true}}
     matches:
       - paths: [{{type: prefix, value: /api/}}]
         methods: [GET, POST]
@@ -38,13 +46,32 @@ async fn world() -> World {
     connect: "{s}"
     tls_passthrough: true
   - host: localhost
+  - host: api.github.test
+    connect: "{s}"
+    auth: {{scheme: token, token_ref: GH_TOKEN}}
+  - host: basic.test
+    connect: "{s}"
+    auth: {{scheme: Basic, token_ref: BASIC_TOKEN}}
+  - host: named.test
+    connect: "{s}"
+    auth: {{scheme: header, token_ref: API_TOKEN, header: X-Api-Key}}
+  - host: noplain.test
+    connect: "{h}"
+    auth: {{scheme: Bearer, token_ref: API_TOKEN}}
+  - host: ports.test
+    connect: "{h}"
+    ports: [80, 8080]
 "#,
         h = http.addr,
         s = https.addr
     );
     let proxy = Proxy::start(
         &routes,
-        &[("API_TOKEN", API_TOKEN), ("GH_TOKEN", GH_TOKEN)],
+        &[
+            ("API_TOKEN", API_TOKEN),
+            ("GH_TOKEN", GH_TOKEN),
+            ("BASIC_TOKEN", "dXNlcjpwYXNzd29yZA=="),
+        ],
         https.ca_pem.as_deref(),
     )
     .await;

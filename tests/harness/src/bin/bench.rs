@@ -832,7 +832,11 @@ mod egress_bench {
         let bottle = bottle_tests::sibling_binary("bottle");
         std::fs::write(
             dir.join("routes.yaml"),
-            "routes:\n  - host: localhost\n    connect: 127.0.0.1\n",
+            format!(
+                "routes:\n  - host: localhost\n    connect: 127.0.0.1\n    ports: [{}, {}]\n",
+                http_up.port(),
+                https_up.port()
+            ),
         )
         .unwrap();
         let bottle_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
