@@ -178,7 +178,7 @@ fn render_status(status: &serde_json::Value) -> String {
             if running { "running" } else { "down" },
             child["pid"].as_i64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             child["restarts"].as_u64().unwrap_or(0),
-            if running { "yes" } else { "no" },
+            if child["ready"].as_bool().unwrap_or(false) { "yes" } else { "no" },
             child["last_exit"].as_str().unwrap_or("-"),
         ));
     }

@@ -236,12 +236,14 @@ impl Actor for NodeActor {
                 }
             }
             NodeMsg::Signal(SignalKind::Quit) => {
-                if let Some(root) = &state.root
-                    && let Ok(status) = ractor::call_t!(root, SupervisorMsg::Status, 2000)
-                {
-                    {
-                        tracing::info!(status = %serde_json::to_string(&status).unwrap_or_default(), "Status snapshot (SIGQUIT).");
-                    }
+                // Off the node's handler: the snapshot waits on every supervisor.
+                if let Some(root) = state.root.clone() {
+                    tokio::spawn(async move {
+                        if let Ok(status) = ractor::call_t!(root, SupervisorMsg::Status, 2000) {
+                            let json = serde_json::to_string(&status).unwrap_or_default();
+                            tracing::info!(status = %json, "Status snapshot (SIGQUIT).");
+                        }
+                    });
                 }
             }
             NodeMsg::Signal(kind @ (SignalKind::Hup | SignalKind::Usr1 | SignalKind::Usr2)) => {

@@ -9,7 +9,8 @@
 //!
 //! Dispositions (docs/runtime-semantics.md): TERM, INT, QUIT, HUP, USR1, USR2 and CHLD
 //! are handled; ALRM, VTALRM, PROF, PWR, WINCH, TSTP, TTIN, TTOU, URG, IO, XCPU and
-//! XFSZ are caught and ignored (logged at debug) so none of them can stop or kill us;
+//! XFSZ, STKFLT and every real-time signal are caught and ignored (logged at debug) so
+//! none of them can stop or kill us;
 //! PIPE is ignored by the Rust runtime (writes fail with EPIPE instead); SEGV, BUS,
 //! ILL, FPE, TRAP, SYS and ABRT keep their default action (they mean a bug in us);
 //! KILL and STOP cannot be caught.
@@ -89,7 +90,16 @@ impl SignalBridge {
         target: ActorRef<M>,
         into_msg: fn(SignalKind) -> M,
     ) -> std::io::Result<SignalBridge> {
-        let all: Vec<i32> = HANDLED.iter().chain(IGNORED).copied().collect();
+        // Real-time signals and SIGSTKFLT terminate by default: catch and ignore them too.
+        let realtime = (libc::SIGRTMIN()..=libc::SIGRTMAX())
+            .filter(|s| !signal_hook::consts::FORBIDDEN.contains(s));
+        let all: Vec<i32> = HANDLED
+            .iter()
+            .chain(IGNORED)
+            .copied()
+            .chain([libc::SIGSTKFLT])
+            .chain(realtime)
+            .collect();
         let signals = Signals::new(&all)?;
         let handle = signals.handle();
         let task = tokio::spawn(async move {

@@ -95,6 +95,9 @@ pub struct ChildStatus {
     pub kind: &'static str,
     /// Whether it is up.
     pub running: bool,
+    /// Whether it passed its readiness check (children start only once ready, so this
+    /// is `running`; kept separate for clients that show both).
+    pub ready: bool,
     /// Process id, for running processes.
     pub pid: Option<i32>,
     /// Seconds since it became ready, for running processes.
@@ -708,6 +711,7 @@ impl SupervisorState {
                 name: child.spec.name.clone(),
                 kind: child.kind(),
                 running: child.handle.is_some(),
+                ready: child.handle.is_some(),
                 pid,
                 uptime_secs,
                 restarts: child.restarts(),

@@ -101,6 +101,10 @@ impl Reaper {
             command.pre_exec(move || child_setup(notify));
         }
         let (tx, rx) = oneshot::channel();
+        // std's exec-error pipe takes the lowest free fds; if one landed on the readiness
+        // fd's number, the child's dup2 would clobber it. Occupy every free number up to
+        // the target (close-on-exec) for the duration of the spawn.
+        let _reserved = notify.map(|(_, target)| reserve_up_to(target)).unwrap_or_default();
         let mut table = self.table();
         let mut child =
             command.spawn().map_err(|source| classify_spawn_error(program_path, source))?;
@@ -193,6 +197,20 @@ impl Reaper {
     pub fn orphans_reaped(&self) -> u64 {
         self.inner.orphans_reaped.load(Ordering::Relaxed)
     }
+}
+
+/// Opens /dev/null until the lowest free fd number is above `target`.
+fn reserve_up_to(target: std::os::fd::RawFd) -> Vec<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let mut held = Vec::new();
+    while held.len() < 4096 {
+        let Ok(file) = std::fs::File::open("/dev/null") else { break };
+        if file.as_raw_fd() > target {
+            break;
+        }
+        held.push(file);
+    }
+    held
 }
 
 fn classify_spawn_error(program: std::path::PathBuf, source: std::io::Error) -> SpawnError {

@@ -300,3 +300,14 @@ pub mod external {
         }
     }
 }
+
+/// Whether process `pid` has a handler installed for `signal` (its `SigCgt` bit), read
+/// from /proc: the precise "the child is ready to ignore SIGTERM" condition tests wait on.
+pub fn has_handler(pid: i32, signal: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
+}

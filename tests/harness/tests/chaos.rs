@@ -307,6 +307,34 @@ async fn five_hundred_random_faults_leave_a_consistent_tree() {
     );
     assert!(checked >= FAULTS / 2, "too few decisions replayed: {checked}");
     assert!(escalations > 0, "the fragile supervisor never escalated");
+    // An independent check of the intensity arithmetic (the replay above uses the same
+    // policy code): fragile allows 2 restarts in 60 s and the run is far shorter, so each
+    // fragile incarnation escalates exactly on the third restart-worthy end of p4.
+    let mut restarts_in_incarnation = 0;
+    let mut fragile_escalations = 0;
+    for event in &events {
+        match event {
+            TreeEvent::Started { path, .. } if path == "root/fragile" => {
+                restarts_in_incarnation = 0
+            }
+            TreeEvent::Decided { path, decision: Decision::Restart { .. }, .. }
+                if path == "root/fragile/p4" =>
+            {
+                restarts_in_incarnation += 1;
+            }
+            TreeEvent::Decided { path, decision: Decision::Escalate, .. }
+                if path == "root/fragile/p4" =>
+            {
+                assert_eq!(
+                    restarts_in_incarnation, 2,
+                    "fragile escalated after {restarts_in_incarnation} restarts"
+                );
+                fragile_escalations += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(fragile_escalations > 0);
 
     // Table: graceful shutdown after crashes keeps the first crash's code.
     let first = events.iter().find_map(|e| match e {

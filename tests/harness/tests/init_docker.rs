@@ -152,7 +152,10 @@ stop_timeout = 2
 fn docker_stop_is_graceful_and_well_inside_dockers_ten_seconds() {
     let c = Container::run(DAEMONS);
     assert!(c.wait_log("Started.", 3), "{}", c.logs());
-    std::thread::sleep(Duration::from_millis(300));
+    let init = c.host_pid();
+    assert!(wait_until(Duration::from_secs(5), || children_matching(init, "ignore-term")
+        .first()
+        .is_some_and(|&p| bottle_tests::has_handler(p, libc::SIGTERM))));
     let t0 = Instant::now();
     let (ok, _, err) = docker(&["stop", &c.name]);
     let took = t0.elapsed();

@@ -183,11 +183,10 @@ fn shutdown_sweeps_a_stray_process_that_ignores_sigterm_within_the_grace() {
     let pid1 = Pid1::start(&config);
     pid1.wait_ready(1);
     assert!(wait_until(Duration::from_secs(5), || {
-        bottle_runtime::proc::fd::list_pids()
-            .into_iter()
-            .any(|p| cmdline(p).contains("ignore-term 600"))
+        bottle_runtime::proc::fd::list_pids().into_iter().any(|p| {
+            cmdline(p).contains("ignore-term 600") && bottle_tests::has_handler(p, libc::SIGTERM)
+        })
     }));
-    std::thread::sleep(Duration::from_millis(200));
     let t0 = Instant::now();
     pid1.signal(nix::sys::signal::Signal::SIGTERM);
     let (code, _, err, _) = pid1.finish(Duration::from_secs(10));

@@ -48,8 +48,10 @@ async fn a_child_ignoring_sigterm_is_killed_at_its_stop_timeout_and_still_counts
         .await
         .unwrap();
     node.wait_root(Duration::from_secs(5)).await.unwrap();
-    // Let the child install its handler.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = node.status().await.unwrap().children[0].pid.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || bottle_tests::has_handler(pid, libc::SIGTERM)).await
+    );
     let t0 = Instant::now();
     node.shutdown("test");
     let exit = node.wait().await;

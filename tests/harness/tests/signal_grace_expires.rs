@@ -16,7 +16,14 @@ async fn the_grace_deadline_bounds_shutdown() {
     config.grace = Duration::from_millis(600);
     let node = Node::start(spec, config).await.unwrap();
     node.wait_root(Duration::from_secs(5)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = node.status().await.unwrap().children[0].pid.unwrap();
+    assert!(
+        bottle_tests::eventually(Duration::from_secs(5), || bottle_tests::has_handler(
+            pid,
+            libc::SIGTERM
+        ))
+        .await
+    );
     let t0 = Instant::now();
     nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -38,7 +38,7 @@ async fn a_thousand_signals_coalesce_without_deadlock() {
         tokio::time::timeout(Duration::from_secs(5), node.status()).await.expect("responsive");
     assert!(status.unwrap().children[0].running);
     let n = seen.load(Ordering::SeqCst);
-    assert!(n <= 1000, "more deliveries than signals: {n}");
+    assert!(n < 1000, "no coalescing: {n} deliveries for 1000 signals");
     node.shutdown("test");
     assert_eq!(node.wait().await.code, 0);
 }

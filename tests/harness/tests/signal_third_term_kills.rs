@@ -15,7 +15,14 @@ async fn the_third_termination_signal_kills_everything_at_once() {
     config.grace = Duration::from_secs(30);
     let node = Node::start(spec, config).await.unwrap();
     node.wait_root(Duration::from_secs(5)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = node.status().await.unwrap().children[0].pid.unwrap();
+    assert!(
+        bottle_tests::eventually(Duration::from_secs(5), || bottle_tests::has_handler(
+            pid,
+            libc::SIGTERM
+        ))
+        .await
+    );
     let t0 = Instant::now();
     for signal in [
         nix::sys::signal::Signal::SIGTERM,
