@@ -249,6 +249,35 @@ fn check_keys(root: &toml::Table) -> Result<()> {
     Ok(())
 }
 
+/// A TOML error without the offending text: toml quotes the whole source line, and a
+/// config line may hold a secret (`env = { TOKEN = "..." }`). Keeps the message and the
+/// position; any double-quoted value inside the message is replaced by `"..."`.
+fn safe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let mut message = String::new();
+    let mut in_quotes = false;
+    for c in e.message().chars() {
+        if c == '"' {
+            if in_quotes {
+                message.push_str("...\"");
+            } else {
+                message.push('"');
+            }
+            in_quotes = !in_quotes;
+        } else if !in_quotes {
+            message.push(c);
+        }
+    }
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{message} (line {line}, column {column})")
+        }
+        None => message,
+    }
+}
+
 fn seconds(value: f64, location: &str, field: &str, allow_zero: bool) -> Result<Duration> {
     if !value.is_finite() || value < 0.0 || (!allow_zero && value == 0.0) {
         let bound = if allow_zero { ">= 0" } else { "> 0" };
@@ -267,14 +296,13 @@ impl InitConfig {
     }
 
     pub(crate) fn parse(text: &str, path: &Path) -> Result<InitConfig> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            ConfigFileError::Parse { path: path.to_path_buf(), message: e.to_string() }
-        })?;
+        let parse_error = |e: toml::de::Error| ConfigFileError::Parse {
+            path: path.to_path_buf(),
+            message: safe_toml_error(&e, text),
+        };
+        let table: toml::Table = text.parse().map_err(parse_error)?;
         check_keys(&table)?;
-        let config: InitConfig =
-            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-                ConfigFileError::Parse { path: path.to_path_buf(), message: e.to_string() }
-            })?;
+        let config: InitConfig = toml::Value::Table(table).try_into().map_err(parse_error)?;
         Ok(config)
     }
 
@@ -550,6 +578,17 @@ mod tests {
             );
             assert!(chain.contains(needle), "{text:?}: {chain}");
         }
+    }
+
+    #[test]
+    fn a_toml_error_never_quotes_the_offending_line() {
+        let text = "[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nenv = { TOKEN = \"sk-live-secret-value\" \n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(!err.contains("sk-live-secret-value"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+        let typed = "[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nstop_timeout = \"sk-live-secret-value\"\n";
+        let err = parse(typed).unwrap_err().to_string();
+        assert!(!err.contains("sk-live-secret-value"), "{err}");
     }
 
     #[test]
