@@ -66,6 +66,17 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             std::fs::create_dir_all(dir)?;
             let path = dir.join("ca.pem");
             std::fs::write(&path, ca.cert_pem())?;
+            // SSL_CERT_FILE replaces a client's whole trust store: give it the machine's
+            // roots plus ours, so passthrough origins still verify.
+            let system = std::env::var_os("SSL_CERT_FILE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+            let mut bundle = std::fs::read_to_string(&system).unwrap_or_default();
+            if !bundle.is_empty() && !bundle.ends_with('\n') {
+                bundle.push('\n');
+            }
+            bundle.push_str(ca.cert_pem());
+            std::fs::write(dir.join("bundle.pem"), bundle)?;
             Some(path)
         }
         None => None,
@@ -76,13 +87,11 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         println!("export {var}={proxy}");
     }
     if let Some(path) = &ca_path {
-        for var in [
-            "SSL_CERT_FILE",
-            "CURL_CA_BUNDLE",
-            "REQUESTS_CA_BUNDLE",
-            "NODE_EXTRA_CA_CERTS",
-            "CODEX_CA_CERTIFICATE",
-        ] {
+        let bundle = path.with_file_name("bundle.pem");
+        for var in ["SSL_CERT_FILE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE"] {
+            println!("export {var}={}", bundle.display());
+        }
+        for var in ["NODE_EXTRA_CA_CERTS", "CODEX_CA_CERTIFICATE"] {
             println!("export {var}={}", path.display());
         }
     } else {

@@ -164,7 +164,10 @@ pub fn decide(table: &RouteTable, canaries: &Canaries, head: &RequestHead<'_>) -
         }
     }
     for (name, value) in head.headers {
-        if let Some(owner) = canaries.foreign(value, &route.host) {
+        let decoded = decode_repeatedly(value);
+        if let Some(owner) =
+            canaries.foreign(value, &route.host).or_else(|| canaries.foreign(&decoded, &route.host))
+        {
             return Verdict::Block {
                 reason: format!("a credential of {owner:?} was sent to {host:?} in header {name}"),
                 alarm: true,
@@ -539,6 +542,9 @@ mod tests {
             matches!(v, Verdict::Block { alarm: true, ref reason } if reason.contains("api.example.com")),
             "{v:?}"
         );
+        let encoded = vec![("x-leak".to_string(), "bottle%2Dplaceholder%2Dabcdef".to_string())];
+        let v = check(head("GET", "gitlab.example.com", "/", &encoded));
+        assert!(matches!(v, Verdict::Block { alarm: true, .. }), "{v:?}");
         let v = check(head("GET", "gitlab.example.com", "/x?t=real%2Dtoken-0123456789", &[]));
         assert!(matches!(v, Verdict::Block { alarm: true, .. }), "{v:?}");
         // To its own host it is fine (the proxy strips it and injects the real one).
