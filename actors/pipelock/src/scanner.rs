@@ -1,0 +1,281 @@
+//! The scanner: one keyword automaton, then only the regexes whose keywords occurred.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::Regex;
+
+use crate::rules::{RuleSpec, Validator};
+
+/// A rule that failed to compile (a bug in a built-in rule, or a bad user rule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannerError {
+    /// The rule.
+    pub rule: String,
+    /// Why.
+    pub problem: String,
+}
+
+impl std::error::Error for ScannerError {}
+
+impl std::fmt::Display for ScannerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rule {:?}: {}", self.rule, self.problem)
+    }
+}
+
+/// One finding. Never contains the secret itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Rule id.
+    pub rule: &'static str,
+    /// Byte offsets of the secret in the scanned text.
+    pub start: usize,
+    /// End offset (exclusive).
+    pub end: usize,
+    /// The secret with all but its first 4 characters masked, e.g. `ghp_************`.
+    pub excerpt: String,
+    /// First 16 hex digits of SHA-256 of the secret: stable, not reversible.
+    pub fingerprint: String,
+}
+
+struct Compiled {
+    spec: RuleSpec,
+    regex: Regex,
+}
+
+/// A compiled rule set.
+pub struct Scanner {
+    rules: Vec<Compiled>,
+    automaton: AhoCorasick,
+    /// Keyword pattern index -> rule indexes.
+    keyword_rules: Vec<Vec<usize>>,
+    always: Vec<usize>,
+}
+
+impl std::fmt::Debug for Scanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scanner").field("rules", &self.rules.len()).finish()
+    }
+}
+
+/// Shannon entropy in bits per byte.
+pub fn shannon_entropy(data: &[u8]) -> f64 {
+    if data.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0u32; 256];
+    for &b in data {
+        counts[usize::from(b)] += 1;
+    }
+    let n = data.len() as f64;
+    counts.iter().filter(|&&c| c > 0).map(|&c| f64::from(c) / n).map(|p| -p * p.log2()).sum()
+}
+
+fn luhn(text: &str) -> bool {
+    let digits: Vec<u32> = text.chars().filter_map(|c| c.to_digit(10)).collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+fn iban(text: &str) -> bool {
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    let (head, tail) = compact.split_at(4);
+    let mut remainder: u32 = 0;
+    for c in tail.chars().chain(head.chars()) {
+        let value = match c {
+            '0'..='9' => c as u32 - '0' as u32,
+            'A'..='Z' => c as u32 - 'A' as u32 + 10,
+            _ => return false,
+        };
+        for digit in value.to_string().chars() {
+            remainder = (remainder * 10 + (digit as u32 - '0' as u32)) % 97;
+        }
+    }
+    remainder == 1
+}
+
+fn base64url_decode(segment: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in segment.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        buf = (buf << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+            buf &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+fn jwt(text: &str) -> bool {
+    let Some(header) = text.split('.').next() else { return false };
+    base64url_decode(header)
+        .map(|h| String::from_utf8_lossy(&h).into_owned())
+        .is_some_and(|h| h.trim_start().starts_with('{') && h.contains("\"alg\""))
+}
+
+/// Values a human writes as a stand-in: they must never count as findings.
+fn looks_like_placeholder(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    const WORDS: &[&str] = &[
+        "password",
+        "passw0rd",
+        "changeme",
+        "example",
+        "placeholder",
+        "redacted",
+        "your",
+        "xxxx",
+        "secret",
+        "dummy",
+        "sample",
+        "insert",
+    ];
+    WORDS.iter().any(|w| lower.contains(w))
+        || !value.chars().any(|c| c.is_ascii_digit())
+            && value.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+        || value.split('.').count() > 1
+            && value.split('.').all(|part| {
+                // `self.client_secret.expand`, `CONFIG.API_TOKEN`: identifier paths.
+                let snake =
+                    part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                let screaming =
+                    part.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                (snake || screaming)
+                    && part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            })
+}
+
+fn excerpt(secret: &str) -> String {
+    let shown: String = secret.chars().take(4).collect();
+    let hidden = secret.chars().count().saturating_sub(4).min(24);
+    format!("{shown}{}", "*".repeat(hidden))
+}
+
+fn fingerprint(secret: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Scanner {
+    /// Compiles `rules`. Rules are data: a bad one is an error naming it.
+    pub fn new(rules: &[RuleSpec]) -> Result<Scanner, ScannerError> {
+        let mut compiled = Vec::with_capacity(rules.len());
+        let mut keywords: Vec<String> = Vec::new();
+        let mut keyword_rules: Vec<Vec<usize>> = Vec::new();
+        let mut always = Vec::new();
+        for (idx, spec) in rules.iter().enumerate() {
+            let regex = Regex::new(spec.pattern)
+                .map_err(|e| ScannerError { rule: spec.id.into(), problem: e.to_string() })?;
+            if spec.keywords.is_empty() {
+                always.push(idx);
+            }
+            for keyword in spec.keywords {
+                let keyword = keyword.to_ascii_lowercase();
+                match keywords.iter().position(|k| *k == keyword) {
+                    Some(i) => keyword_rules[i].push(idx),
+                    None => {
+                        keywords.push(keyword);
+                        keyword_rules.push(vec![idx]);
+                    }
+                }
+            }
+            compiled.push(Compiled { spec: *spec, regex });
+        }
+        let automaton = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(&keywords)
+            .map_err(|e| ScannerError { rule: "<keywords>".into(), problem: e.to_string() })?;
+        Ok(Scanner { rules: compiled, automaton, keyword_rules, always })
+    }
+
+    /// The built-in rule set.
+    pub fn builtin() -> Scanner {
+        // The built-in rules are tested to compile; a failure here is a bug in this crate.
+        Scanner::new(crate::rules::BUILTIN).unwrap_or_else(|e| unreachable_rules(&e))
+    }
+
+    /// Number of rules.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Every finding in `text`, in order of position.
+    pub fn scan(&self, text: &str) -> Vec<Finding> {
+        let mut candidates = vec![false; self.rules.len()];
+        for &i in &self.always {
+            candidates[i] = true;
+        }
+        for m in self.automaton.find_overlapping_iter(text) {
+            for &i in &self.keyword_rules[m.pattern().as_usize()] {
+                candidates[i] = true;
+            }
+        }
+        let mut findings = Vec::new();
+        for (idx, rule) in self.rules.iter().enumerate() {
+            if !candidates[idx] {
+                continue;
+            }
+            for caps in rule.regex.captures_iter(text) {
+                let Some(m) = caps.name("s").or_else(|| caps.get(0)) else { continue };
+                let secret = m.as_str();
+                if let Some(min) = rule.spec.min_entropy
+                    && shannon_entropy(secret.as_bytes()) < min
+                {
+                    continue;
+                }
+                // A "secret" that is an identifier or a placeholder is not one.
+                if rule.spec.min_entropy.is_some() && looks_like_placeholder(secret) {
+                    continue;
+                }
+                let valid = match rule.spec.validator {
+                    Validator::None => true,
+                    Validator::Luhn => luhn(secret),
+                    Validator::Iban => iban(secret),
+                    Validator::Jwt => jwt(secret),
+                };
+                if valid {
+                    findings.push(Finding {
+                        rule: rule.spec.id,
+                        start: m.start(),
+                        end: m.end(),
+                        excerpt: excerpt(secret),
+                        fingerprint: fingerprint(secret),
+                    });
+                }
+            }
+        }
+        findings.sort_by_key(|f| (f.start, f.end));
+        findings
+    }
+}
+
+#[cold]
+fn unreachable_rules(e: &ScannerError) -> Scanner {
+    // No panic in library code paths that run on agent input: an empty scanner that
+    // reports nothing would fail open, so this is a hard programming error instead.
+    panic!("built-in pipelock rules do not compile: {e}")
+}
