@@ -16,4 +16,4 @@ mod rules;
 mod scanner;
 
 pub use rules::{BUILTIN, RuleSpec, Validator};
-pub use scanner::{Finding, Scanner, ScannerError, shannon_entropy};
+pub use scanner::{Finding, Scanner, ScannerError, WINDOW_AFTER, WINDOW_BEFORE, shannon_entropy};

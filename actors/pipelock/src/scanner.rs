@@ -224,53 +224,108 @@ impl Scanner {
     }
 
     /// Every finding in `text`, in order of position.
+    ///
+    /// Each rule's regex runs only on windows around its keyword hits (from the start of
+    /// the hit's line, at most [`WINDOW_BEFORE`] bytes back, to [`WINDOW_AFTER`] bytes
+    /// on), so text without keywords costs one automaton pass and keyword-dense text costs
+    /// windows, not whole-text regex passes.
     pub fn scan(&self, text: &str) -> Vec<Finding> {
-        let mut candidates = vec![false; self.rules.len()];
-        for &i in &self.always {
-            candidates[i] = true;
-        }
+        let mut hits: Vec<Vec<usize>> = vec![Vec::new(); self.rules.len()];
         for m in self.automaton.find_overlapping_iter(text) {
             for &i in &self.keyword_rules[m.pattern().as_usize()] {
-                candidates[i] = true;
+                hits[i].push(m.start());
             }
         }
         let mut findings = Vec::new();
         for (idx, rule) in self.rules.iter().enumerate() {
-            if !candidates[idx] {
-                continue;
-            }
-            for caps in rule.regex.captures_iter(text) {
-                let Some(m) = caps.name("s").or_else(|| caps.get(0)) else { continue };
-                let secret = m.as_str();
-                if let Some(min) = rule.spec.min_entropy
-                    && shannon_entropy(secret.as_bytes()) < min
-                {
-                    continue;
-                }
-                // A "secret" that is an identifier or a placeholder is not one.
-                if rule.spec.min_entropy.is_some() && looks_like_placeholder(secret) {
-                    continue;
-                }
-                let valid = match rule.spec.validator {
-                    Validator::None => true,
-                    Validator::Luhn => luhn(secret),
-                    Validator::Iban => iban(secret),
-                    Validator::Jwt => jwt(secret),
-                };
-                if valid {
-                    findings.push(Finding {
-                        rule: rule.spec.id,
-                        start: m.start(),
-                        end: m.end(),
-                        excerpt: excerpt(secret),
-                        fingerprint: fingerprint(secret),
-                    });
+            let windows: Vec<(usize, usize)> = if self.always.contains(&idx) {
+                vec![(0, text.len())]
+            } else {
+                windows(text, &hits[idx])
+            };
+            for (start, end) in windows {
+                let slice = &text[start..end];
+                for caps in rule.regex.captures_iter(slice) {
+                    let Some(m) = caps.name("s").or_else(|| caps.get(0)) else { continue };
+                    self.check(rule, m.as_str(), start + m.start(), start + m.end(), &mut findings);
                 }
             }
         }
-        findings.sort_by_key(|f| (f.start, f.end));
+        findings.sort_by_key(|f| (f.start, f.end, f.rule));
+        findings.dedup_by(|a, b| a.rule == b.rule && a.start == b.start && a.end == b.end);
         findings
     }
+
+    fn check(
+        &self,
+        rule: &Compiled,
+        secret: &str,
+        start: usize,
+        end: usize,
+        findings: &mut Vec<Finding>,
+    ) {
+        if let Some(min) = rule.spec.min_entropy
+            && shannon_entropy(secret.as_bytes()) < min
+        {
+            return;
+        }
+        // A "secret" that is an identifier or a placeholder is not one.
+        if rule.spec.min_entropy.is_some() && looks_like_placeholder(secret) {
+            return;
+        }
+        let valid = match rule.spec.validator {
+            Validator::None => true,
+            Validator::Luhn => luhn(secret),
+            Validator::Iban => iban(secret),
+            Validator::Jwt => jwt(secret),
+        };
+        if valid {
+            findings.push(Finding {
+                rule: rule.spec.id,
+                start,
+                end,
+                excerpt: excerpt(secret),
+                fingerprint: fingerprint(secret),
+            });
+        }
+    }
+}
+
+/// How far before a keyword hit a rule's regex may start (the line's start if nearer).
+pub const WINDOW_BEFORE: usize = 256;
+/// How far after a keyword hit a rule's regex may reach.
+pub const WINDOW_AFTER: usize = 1024;
+
+fn floor_boundary(text: &str, mut i: usize) -> usize {
+    while i > 0 && !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn ceil_boundary(text: &str, mut i: usize) -> usize {
+    while i < text.len() && !text.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
+/// Merged windows around sorted-or-not hit positions.
+fn windows(text: &str, hits: &[usize]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    let mut positions = hits.to_vec();
+    positions.sort_unstable();
+    for p in positions {
+        let back = floor_boundary(text, p.saturating_sub(WINDOW_BEFORE));
+        let line_start = text[back..p].rfind('\n').map_or(back, |i| back + i + 1);
+        let start = floor_boundary(text, line_start);
+        let end = ceil_boundary(text, (p + WINDOW_AFTER).min(text.len()));
+        match out.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => out.push((start, end)),
+        }
+    }
+    out
 }
 
 #[cold]

@@ -6,6 +6,12 @@
 //!     cargo run --release -p bottle-tests --bin bottle-bench -- init [--iterations N]
 //!     cargo build --release -p bottle && cargo run --release -p bottle-tests --bin bottle-bench -- egress
 //!
+//!     cargo run --release -p bottle-tests --bin bottle-bench -- pipelock
+//!
+//! `pipelock`: scanner throughput on 1 MB of clean text, 1 MB of JSON and a real source
+//! tree, against a single-literal memchr scan of the same bytes (the floor) and
+//! detect-secrets (`pip install detect-secrets`) on the same files; per-URL latency.
+//!
 //! `egress`: bottle proxy against mitmproxy (`pip install mitmproxy`) and a direct
 //! connection (the floor), same upstream, same load generator: plain HTTP keep-alive,
 //! HTTPS intercepted keep-alive, HTTPS intercepted with a new connection per request,
@@ -252,6 +258,7 @@ fn main() {
     match which.first().copied() {
         Some("init") => init_bench::run(iterations.min(30)),
         Some("egress") => runtime.block_on(egress_bench::run()),
+        Some("pipelock") => pipelock_bench::run(),
         Some("runtime") | None => runtime.block_on(runtime_bench(iterations)),
         Some(other) => eprintln!("unknown group {other:?}: runtime or init"),
     }
@@ -998,6 +1005,174 @@ mod egress_bench {
                 (Some(a), Some(b)) => format!("{:.1}x", a / b),
                 _ => "-".into(),
             }
+        );
+    }
+}
+
+/// pipelock's scanner against the memchr floor and detect-secrets.
+#[allow(clippy::disallowed_methods)]
+mod pipelock_bench {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use bottle_pipelock::Scanner;
+
+    fn sources(root: &Path, out: &mut Vec<PathBuf>, budget: &mut usize) {
+        let Ok(entries) = std::fs::read_dir(root) else { return };
+        let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for path in entries {
+            if *budget == 0 {
+                return;
+            }
+            if path.is_dir() {
+                sources(&path, out, budget);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let len = std::fs::metadata(&path).map(|m| m.len() as usize).unwrap_or(0);
+                *budget = budget.saturating_sub(len);
+                out.push(path);
+            }
+        }
+    }
+
+    fn collect_text(root: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(root) else { return };
+        let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                collect_text(&path, out);
+            } else if path
+                .file_name()
+                .is_some_and(|n| n == "copyright" || n.to_string_lossy().ends_with(".txt"))
+            {
+                out.push(path);
+            }
+        }
+    }
+
+    fn mbps(bytes: usize, d: Duration) -> f64 {
+        bytes as f64 / 1e6 / d.as_secs_f64()
+    }
+
+    fn time<F: FnMut()>(mut f: F, rounds: u32) -> Duration {
+        f();
+        let t0 = Instant::now();
+        for _ in 0..rounds {
+            f();
+        }
+        t0.elapsed() / rounds
+    }
+
+    pub(super) fn run() {
+        let scanner = Scanner::builtin();
+        let dir = bottle_tests::external::TempDir::new("bench-pipelock");
+        // 1 MB of clean prose: the machine's own documentation (/usr/share/doc), which
+        // nobody wrote for this benchmark.
+        let mut doc_files = Vec::new();
+        collect_text(Path::new("/usr/share/doc"), &mut doc_files);
+        let mut text = String::new();
+        for f in doc_files {
+            if text.len() >= 1_000_000 {
+                break;
+            }
+            if let Ok(t) = std::fs::read_to_string(&f) {
+                text.push_str(&t);
+            }
+        }
+        while !text.is_char_boundary(text.len().min(1_000_000)) {
+            text.pop();
+        }
+        text.truncate(1_000_000);
+        // 1 MB of JSON.
+        let mut json = String::from("[");
+        let mut i = 0;
+        while json.len() < 1_000_000 {
+            json.push_str(&format!("{{\"id\":{i},\"name\":\"user {i}\",\"email\":\"user{i}@example.com\",\"tags\":[\"a\",\"b\"],\"score\":{}.5}},", i % 97));
+            i += 1;
+        }
+        json.push_str("{}]");
+        // A real source tree: crates from the local registry, up to 20 MB.
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        let mut files = Vec::new();
+        let mut budget = 20 * 1024 * 1024;
+        sources(&home.join(".cargo/registry/src"), &mut files, &mut budget);
+        let tree: Vec<String> =
+            files.iter().filter_map(|f| std::fs::read_to_string(f).ok()).collect();
+        let tree_bytes: usize = tree.iter().map(String::len).sum();
+
+        println!(
+            "| input | pipelock MB/s | memchr floor MB/s | floor / pipelock | detect-secrets MB/s | pipelock / detect-secrets |"
+        );
+        println!("|---|---|---|---|---|---|");
+        let inputs: Vec<(&str, Vec<&str>, usize)> = vec![
+            ("clean prose (/usr/share/doc)", vec![text.as_str()], text.len()),
+            ("1 MB JSON", vec![json.as_str()], json.len()),
+            ("source tree", tree.iter().map(String::as_str).collect(), tree_bytes),
+        ];
+        for (name, parts, bytes) in inputs {
+            let rounds = if bytes > 5_000_000 { 2 } else { 10 };
+            let ours = time(
+                || {
+                    for p in &parts {
+                        std::hint::black_box(scanner.scan(p));
+                    }
+                },
+                rounds,
+            );
+            let floor = time(
+                || {
+                    for p in &parts {
+                        std::hint::black_box(memchr::memmem::find(p.as_bytes(), b"ghp_"));
+                    }
+                },
+                rounds,
+            );
+            // detect-secrets on the same bytes, written to files.
+            let sub = dir.join(&name.replace(' ', "-"));
+            std::fs::create_dir_all(&sub).unwrap();
+            for (i, p) in parts.iter().enumerate() {
+                std::fs::write(sub.join(format!("f{i}.txt")), p).unwrap();
+            }
+            let t0 = Instant::now();
+            let ds =
+                Command::new("detect-secrets").args(["scan", "--all-files"]).arg(&sub).output();
+            let ds = match ds {
+                Ok(out) if out.status.success() => Some(t0.elapsed()),
+                _ => None,
+            };
+            let (ds_col, ratio) = match ds {
+                Some(d) => (
+                    format!("{:.2}", mbps(bytes, d)),
+                    format!("{:.0}x", d.as_secs_f64() / ours.as_secs_f64()),
+                ),
+                None => ("not installed".into(), "-".into()),
+            };
+            println!(
+                "| {name} ({:.1} MB) | {:.0} | {:.0} | {:.1}x | {ds_col} | {ratio} |",
+                bytes as f64 / 1e6,
+                mbps(bytes, ours),
+                mbps(bytes, floor),
+                ours.as_secs_f64() / floor.as_secs_f64()
+            );
+        }
+        // Per-URL latency.
+        let urls: Vec<String> = (0..10_000).map(|i| format!("https://api.example.com/v1/repos/org{i}/issues?page={}&per_page=100&state=open", i % 7)).collect();
+        let mut lat: Vec<Duration> = urls
+            .iter()
+            .map(|u| {
+                let t0 = Instant::now();
+                std::hint::black_box(scanner.scan(u));
+                t0.elapsed()
+            })
+            .collect();
+        lat.sort();
+        println!(
+            "\nper-URL scan: p50 {:.2} µs, p99 {:.2} µs ({} URLs)",
+            lat[lat.len() / 2].as_secs_f64() * 1e6,
+            lat[lat.len() * 99 / 100].as_secs_f64() * 1e6,
+            lat.len()
         );
     }
 }
