@@ -401,6 +401,8 @@ struct ConnCtx {
     tls: bool,
     sni: Option<String>,
     pool: Mutex<Vec<SendRequest<Metered>>>,
+    /// HTTP/2 from the agent: streams run concurrently on this context.
+    multiplexed: bool,
 }
 
 /// Plain-HTTP upstream contexts kept per client connection.
@@ -436,6 +438,7 @@ async fn front(
                             tls: false,
                             sni: None,
                             pool: Mutex::new(Vec::new()),
+                            multiplexed: false,
                         })
                     })
                     .clone()
@@ -521,7 +524,9 @@ async fn bump(shared: Arc<Shared>, upgraded: hyper::upgrade::Upgraded, host: Str
         Err(_) => return,
     };
     let sni = tls.get_ref().1.server_name().map(str::to_string);
-    let ctx = Arc::new(ConnCtx { host, port, tls: true, sni, pool: Mutex::new(Vec::new()) });
+    let multiplexed = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let ctx =
+        Arc::new(ConnCtx { host, port, tls: true, sni, pool: Mutex::new(Vec::new()), multiplexed });
     let verdicts: Verdicts = Arc::default();
     let io = Sniffed::new(tls, verdicts.clone());
     let service = service_fn(move |req| {
@@ -839,9 +844,16 @@ async fn forward(
             });
         }
     }
-    // An HTTP/1.1 upstream connection is free again only when this response body ended;
-    // handing it out earlier would make a concurrent HTTP/2 stream wait behind it.
+    // An HTTP/1.1 upstream connection is free again only when this response body ended.
+    // An HTTP/1.1 agent sends its next request only after this response, so its context
+    // gets the connection back at once; concurrent HTTP/2 streams must not take it before
+    // the body ended (they would wait behind it), so theirs returns it at the end.
     let mut sender = (!upgraded).then_some(sender);
+    if !ctx.multiplexed
+        && let Some(sender) = sender.take()
+    {
+        ctx.pool.lock().unwrap_or_else(|p| p.into_inner()).push(sender);
+    }
     let pool_ctx = ctx.clone();
     strip_hop_by_hop(resp.headers_mut(), upgraded);
     record.verdict = "allow";
