@@ -311,3 +311,17 @@ pub fn has_handler(pid: i32, signal: i32) -> bool {
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
 }
+
+/// A node supervising one child that ignores SIGTERM with a 30 s stop timeout, started
+/// and waited for until the child's SIGTERM handler is installed.
+pub async fn stubborn_node(grace: Duration, seed: u64) -> bottle_runtime::NodeHandle {
+    let spec = bottle_runtime::spec::SupervisorSpec::new("root")
+        .child(testchild("stubborn", &["ignore-term", "60"]).stop_timeout(Duration::from_secs(30)));
+    let mut config = test_config(&Captured::default(), &Recorder::default(), seed);
+    config.grace = grace;
+    let node = bottle_runtime::Node::start(spec, config).await.expect("node");
+    node.wait_root(Duration::from_secs(5)).await.expect("root");
+    let pid = node.status().await.expect("status").children[0].pid.expect("pid");
+    assert!(eventually(Duration::from_secs(5), || has_handler(pid, libc::SIGTERM)).await);
+    node
+}

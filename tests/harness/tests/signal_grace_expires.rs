@@ -3,27 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use bottle_runtime::Node;
-use bottle_runtime::spec::SupervisorSpec;
-use bottle_tests::{Captured, Recorder, init_tracing, test_config, testchild};
+use bottle_tests::init_tracing;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grace_deadline_bounds_shutdown() {
     init_tracing();
-    let spec = SupervisorSpec::new("root")
-        .child(testchild("stubborn", &["ignore-term", "60"]).stop_timeout(Duration::from_secs(30)));
-    let mut config = test_config(&Captured::default(), &Recorder::default(), 42);
-    config.grace = Duration::from_millis(600);
-    let node = Node::start(spec, config).await.unwrap();
-    node.wait_root(Duration::from_secs(5)).await.unwrap();
-    let pid = node.status().await.unwrap().children[0].pid.unwrap();
-    assert!(
-        bottle_tests::eventually(Duration::from_secs(5), || bottle_tests::has_handler(
-            pid,
-            libc::SIGTERM
-        ))
-        .await
-    );
+    let node = bottle_tests::stubborn_node(Duration::from_millis(600), 42).await;
     let t0 = Instant::now();
     nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -2,27 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use bottle_runtime::Node;
-use bottle_runtime::spec::SupervisorSpec;
-use bottle_tests::{Captured, Recorder, init_tracing, test_config, testchild};
+use bottle_tests::init_tracing;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_third_termination_signal_kills_everything_at_once() {
     init_tracing();
-    let spec = SupervisorSpec::new("root")
-        .child(testchild("stubborn", &["ignore-term", "60"]).stop_timeout(Duration::from_secs(30)));
-    let mut config = test_config(&Captured::default(), &Recorder::default(), 41);
-    config.grace = Duration::from_secs(30);
-    let node = Node::start(spec, config).await.unwrap();
-    node.wait_root(Duration::from_secs(5)).await.unwrap();
-    let pid = node.status().await.unwrap().children[0].pid.unwrap();
-    assert!(
-        bottle_tests::eventually(Duration::from_secs(5), || bottle_tests::has_handler(
-            pid,
-            libc::SIGTERM
-        ))
-        .await
-    );
+    let node = bottle_tests::stubborn_node(Duration::from_secs(30), 41).await;
     let t0 = Instant::now();
     for signal in [
         nix::sys::signal::Signal::SIGTERM,
