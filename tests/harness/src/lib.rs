@@ -264,6 +264,18 @@ pub mod external {
             .to_string()
     }
 
+    /// The pid (in our namespace) of the bottle-init that `unshare_pid` forked, once
+    /// `ready(init)` holds; panics after 5 s.
+    pub fn init_under(unshare_pid: i32, mut ready: impl FnMut(i32) -> bool) -> i32 {
+        let mut init = 0;
+        let found = wait_until(Duration::from_secs(5), || {
+            init = children_matching(unshare_pid, "bottle-init").first().copied().unwrap_or(0);
+            init != 0 && ready(init)
+        });
+        assert!(found, "bottle-init under unshare {unshare_pid} did not get ready");
+        init
+    }
+
     /// Live children of `pid` whose command line contains `needle`.
     pub fn children_matching(pid: i32, needle: &str) -> Vec<i32> {
         bottle_runtime::proc::fd::children_of(pid)

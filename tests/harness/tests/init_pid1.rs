@@ -7,7 +7,8 @@
 use std::time::{Duration, Instant};
 
 use bottle_tests::external::{
-    Guarded, TempDir, bottle_init, children_matching, cmdline, command, output, wait_until,
+    Guarded, TempDir, bottle_init, children_matching, cmdline, command, init_under, output,
+    wait_until,
 };
 use bottle_tests::testchild_path;
 
@@ -31,14 +32,7 @@ impl Pid1 {
             .arg(dir.join("init.toml"));
         let unshare = Guarded::spawn(&mut cmd);
         let upid = unshare.pid();
-        let mut init = 0;
-        assert!(
-            wait_until(Duration::from_secs(5), || {
-                init = children_matching(upid, "bottle-init").first().copied().unwrap_or(0);
-                init != 0
-            }),
-            "bottle-init did not start under unshare"
-        );
+        let init = init_under(upid, |_| true);
         Pid1 { unshare, init, dir }
     }
 

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use bottle_tests::external::{
-    Guarded, TempDir, bottle_init, children_matching, command, output, wait_until,
+    Guarded, TempDir, bottle_init, children_matching, command, init_under, output,
 };
 use bottle_tests::testchild_path;
 
@@ -87,14 +87,11 @@ fn a_program_ignoring_sigterm_is_killed_within_the_grace() {
     let mut cmd = pid1(&["--grace", "1.5", "--", &tc(), "ignore-term", "600"]);
     let unshare = Guarded::spawn(&mut cmd);
     let upid = unshare.pid();
-    let mut init = 0;
-    assert!(wait_until(Duration::from_secs(5), || {
-        init = children_matching(upid, "bottle-init").first().copied().unwrap_or(0);
-        init != 0
-            && children_matching(init, "ignore-term")
-                .first()
-                .is_some_and(|&p| bottle_tests::has_handler(p, libc::SIGTERM))
-    }));
+    let init = init_under(upid, |init| {
+        children_matching(init, "ignore-term")
+            .first()
+            .is_some_and(|&p| bottle_tests::has_handler(p, libc::SIGTERM))
+    });
     let t0 = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), nix::sys::signal::Signal::SIGTERM)
         .unwrap();
@@ -115,14 +112,11 @@ fn signals_reach_the_programs_whole_process_group() {
     let mut cmd = pid1(&["--", "/bin/sh", "-c", &script]);
     let unshare = Guarded::spawn(&mut cmd);
     let upid = unshare.pid();
-    let mut init = 0;
-    assert!(wait_until(Duration::from_secs(5), || {
-        init = children_matching(upid, "bottle-init").first().copied().unwrap_or(0);
-        init != 0
-            && children_matching(init, "/bin/sh")
-                .first()
-                .is_some_and(|&sh| !children_matching(sh, "sleep 600").is_empty())
-    }));
+    let init = init_under(upid, |init| {
+        children_matching(init, "/bin/sh")
+            .first()
+            .is_some_and(|&sh| !children_matching(sh, "sleep 600").is_empty())
+    });
     let sh = children_matching(init, "/bin/sh")[0];
     let grandchild = children_matching(sh, "sleep 600")[0];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), nix::sys::signal::Signal::SIGHUP)
