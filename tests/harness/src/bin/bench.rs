@@ -898,48 +898,29 @@ mod egress_bench {
             .and_then(|_| std::fs::read_to_string(dir.join("mitm/mitmproxy-ca-cert.pem")).ok());
 
         let up_pem = up_ca.cert_pem().to_string();
-        let scenarios: Vec<(&str, bool, Target, Target, Option<Target>)> = vec![
+        // The same upstream seen directly, through bottle and through mitmproxy; each
+        // client trusts the CA of whoever terminates its TLS.
+        let mitm_on = mitm.is_some();
+        let trio = |upstream: SocketAddr, tls: bool| {
+            let with = |pem: &str| tls.then(|| roots(pem));
             (
-                "plain HTTP, keep-alive",
-                true,
-                Target { proxy: None, upstream: http_up, tls: None },
-                Target { proxy: Some(bottle_addr), upstream: http_up, tls: None },
-                mitm.as_ref().map(|_| Target {
-                    proxy: Some(mitm_addr),
-                    upstream: http_up,
-                    tls: None,
-                }),
-            ),
-            (
-                "HTTPS intercepted, keep-alive",
-                true,
-                Target { proxy: None, upstream: https_up, tls: Some(roots(&up_pem)) },
-                Target {
-                    proxy: Some(bottle_addr),
-                    upstream: https_up,
-                    tls: Some(roots(&bottle_ca)),
-                },
-                mitm_ca.as_ref().map(|ca| Target {
-                    proxy: Some(mitm_addr),
-                    upstream: https_up,
-                    tls: Some(roots(ca)),
-                }),
-            ),
-            (
-                "HTTPS intercepted, new connection per request",
-                false,
-                Target { proxy: None, upstream: https_up, tls: Some(roots(&up_pem)) },
-                Target {
-                    proxy: Some(bottle_addr),
-                    upstream: https_up,
-                    tls: Some(roots(&bottle_ca)),
-                },
-                mitm_ca.as_ref().map(|ca| Target {
-                    proxy: Some(mitm_addr),
-                    upstream: https_up,
-                    tls: Some(roots(ca)),
-                }),
-            ),
+                Target { proxy: None, upstream, tls: with(&up_pem) },
+                Target { proxy: Some(bottle_addr), upstream, tls: with(&bottle_ca) },
+                mitm_on
+                    .then(|| match (&mitm_ca, tls) {
+                        (_, false) => Some(Target { proxy: Some(mitm_addr), upstream, tls: None }),
+                        (Some(ca), true) => {
+                            Some(Target { proxy: Some(mitm_addr), upstream, tls: with(ca) })
+                        }
+                        (None, true) => None,
+                    })
+                    .flatten(),
+            )
+        };
+        let scenarios: Vec<(&str, bool, (Target, Target, Option<Target>))> = vec![
+            ("plain HTTP, keep-alive", true, trio(http_up, false)),
+            ("HTTPS intercepted, keep-alive", true, trio(https_up, true)),
+            ("HTTPS intercepted, new connection per request", false, trio(https_up, true)),
         ];
         println!(
             "| scenario ({CONCURRENCY} connections, {SECONDS} s) | direct req/s (p50/p99) | bottle req/s (p50/p99) | mitmproxy req/s (p50/p99) | bottle / mitmproxy req/s | mitmproxy p99 / bottle p99 | bottle p50 / direct p50 |"
@@ -954,7 +935,7 @@ mod egress_bench {
                 if l.errors > 0 { format!(" [{} errors]", l.errors) } else { String::new() }
             )
         };
-        for (name, keep_alive, direct, ours, theirs) in &scenarios {
+        for (name, keep_alive, (direct, ours, theirs)) in &scenarios {
             let d = load(direct, *keep_alive).await;
             let b = load(ours, *keep_alive).await;
             let m = match theirs {
