@@ -917,7 +917,7 @@ mod egress_bench {
                     .flatten(),
             )
         };
-        let scenarios: Vec<(&str, bool, (Target, Target, Option<Target>))> = vec![
+        let scenarios = [
             ("plain HTTP, keep-alive", true, trio(http_up, false)),
             ("HTTPS intercepted, keep-alive", true, trio(https_up, true)),
             ("HTTPS intercepted, new connection per request", false, trio(https_up, true)),
