@@ -11,9 +11,11 @@
 //! `{b:N}` base64 alphabet.
 
 /// A checksum or structural check a match must also pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Validator {
     /// No extra check.
+    #[default]
     None,
     /// Luhn mod-10 over the digits (payment cards).
     Luhn,
@@ -23,7 +25,44 @@ pub enum Validator {
     Jwt,
 }
 
-/// One rule.
+/// A rule as data: the built-in ones converted, or one an operator wrote in the
+/// manifest (`dlp.rules`). Validated when the scanner compiles it.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    /// Stable id (`[A-Za-z0-9_-]+`), reported in findings and 403 bodies.
+    pub id: String,
+    /// Any of these (ASCII case-insensitive, at least 3 characters) must occur for the
+    /// rule to run; empty means the regex runs over everything (slow: avoid).
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// The regex; the `s` group (or the whole match) is the secret.
+    pub pattern: String,
+    /// Minimum Shannon entropy (bits per byte) of the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_entropy: Option<f64>,
+    /// Extra validation.
+    #[serde(default, skip_serializing_if = "Validator::is_none")]
+    pub validator: Validator,
+    /// How far past the keyword hit the secret may end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<usize>,
+}
+
+impl From<&RuleSpec> for RuleDef {
+    fn from(spec: &RuleSpec) -> RuleDef {
+        RuleDef {
+            id: spec.id.to_string(),
+            keywords: spec.keywords.iter().map(|k| k.to_string()).collect(),
+            pattern: spec.pattern.to_string(),
+            min_entropy: spec.min_entropy,
+            validator: spec.validator,
+            reach: spec.reach,
+        }
+    }
+}
+
+/// One built-in rule.
 #[derive(Debug, Clone, Copy)]
 pub struct RuleSpec {
     /// Stable id, reported in findings and 403 bodies.
@@ -39,6 +78,9 @@ pub struct RuleSpec {
     pub min_entropy: Option<f64>,
     /// Extra validation.
     pub validator: Validator,
+    /// How far past the keyword hit the secret may end (bytes); `None` is
+    /// [`crate::DEFAULT_REACH`].
+    pub reach: Option<usize>,
     /// A template for a fake true positive.
     pub example: &'static str,
     /// A template that must not match (a near miss).
@@ -60,6 +102,7 @@ const fn rule(
         pattern,
         min_entropy: None,
         validator: Validator::None,
+        reach: None,
         example,
         near_miss,
     }
@@ -69,6 +112,12 @@ macro_rules! bounded {
     ($inner:literal) => {
         concat!(r"(?:^|[^A-Za-z0-9_\-])(?P<s>", $inner, r")(?:$|[^A-Za-z0-9_\-])")
     };
+}
+
+impl Validator {
+    fn is_none(&self) -> bool {
+        *self == Validator::None
+    }
 }
 
 /// Every built-in rule.
@@ -93,14 +142,17 @@ pub const BUILTIN: &[RuleSpec] = &[
             "aws_secret_access_key = {b:30}",
         )
     },
-    rule(
-        "aws-session-token",
-        "AWS session token",
-        &["aws_session_token", "x-amz-security-token"],
-        r#"(?i)(?:aws_session_token|x-amz-security-token)["']?\s*[:=]\s*["']?(?P<s>[A-Za-z0-9/+=]{100,})"#,
-        "AWS_SESSION_TOKEN={b:120}",
-        "AWS_SESSION_TOKEN={b:40}",
-    ),
+    RuleSpec {
+        reach: Some(2048),
+        ..rule(
+            "aws-session-token",
+            "AWS session token",
+            &["aws_session_token", "x-amz-security-token"],
+            r#"(?i)(?:aws_session_token|x-amz-security-token)["']?\s*[:=]\s*["']?(?P<s>[A-Za-z0-9/+=]{100,})"#,
+            "AWS_SESSION_TOKEN={b:120}",
+            "AWS_SESSION_TOKEN={b:40}",
+        )
+    },
     rule(
         "gcp-api-key",
         "Google API key",
@@ -336,7 +388,11 @@ pub const BUILTIN: &[RuleSpec] = &[
     rule(
         "twilio-api-key",
         "Twilio API key",
-        &["sk"],
+        // "SK" then a hex digit: a bare "sk" would fire in every "ask" and "task".
+        &[
+            "sk0", "sk1", "sk2", "sk3", "sk4", "sk5", "sk6", "sk7", "sk8", "sk9", "ska", "skb",
+            "skc", "skd", "ske", "skf",
+        ],
         bounded!("SK[0-9a-f]{32}"),
         "SK{h:32}",
         "SK{h:31}",
@@ -419,7 +475,7 @@ pub const BUILTIN: &[RuleSpec] = &[
         ..rule(
             "payment-card",
             "Payment card number",
-            &["card", "visa", "mastercard", "amex", "credit", "cc_num", "ccnum", "pan"],
+            &["card", "visa", "mastercard", "amex", "credit", "cc_num", "ccnum", " pan", "_pan"],
             r"(?i)(?:card|visa|mastercard|amex|credit|cc_?num(?:ber)?|\bpan)[^\n0-9]{0,40}?(?P<s>(?:4[0-9]{3}|5[1-5][0-9]{2}|3[47][0-9]{2}|6011)(?:[ \-]?[0-9]{4}){2}[ \-]?[0-9]{1,4})(?:$|[^0-9])",
             "card number: {CARD}",
             "card number: 4111 1111 1111 1112",
@@ -502,32 +558,42 @@ pub const BUILTIN: &[RuleSpec] = &[
         "pplx-{a:20}",
     ),
     // --- keys, tokens, URLs ---
-    rule(
-        "pem-private-key",
-        "PEM private key",
-        &["private key-----"],
-        r"-----BEGIN (?:RSA |EC |DSA |ENCRYPTED |)PRIVATE KEY-----(?P<s>[\sA-Za-z0-9+/=]{64,})",
-        "-----BEGIN PRIVATE KEY-----\n{b:64}\n{b:64}\n-----END PRIVATE KEY-----",
-        "-----BEGIN PUBLIC KEY-----\n{b:64}\n-----END PUBLIC KEY-----",
-    ),
-    rule(
-        "openssh-private-key",
-        "OpenSSH private key",
-        &["openssh private key"],
-        r"-----BEGIN OPENSSH PRIVATE KEY-----(?P<s>[\sA-Za-z0-9+/=]{64,})",
-        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA{b:60}\n",
-        "-----BEGIN OPENSSH PUBLIC KEY-----\n{b:64}\n",
-    ),
-    rule(
-        "pgp-private-key",
-        "PGP private key block",
-        &["pgp private key block"],
-        r"-----BEGIN PGP PRIVATE KEY BLOCK-----(?P<s>[\sA-Za-z0-9+/=:]{64,})",
-        "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\n{b:64}\n",
-        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n{b:64}\n",
-    ),
+    RuleSpec {
+        reach: Some(8192),
+        ..rule(
+            "pem-private-key",
+            "PEM private key",
+            &["private key-----"],
+            r"-----BEGIN (?:RSA |EC |DSA |ENCRYPTED |)PRIVATE KEY-----(?P<s>[\sA-Za-z0-9+/=]{64,})",
+            "-----BEGIN PRIVATE KEY-----\n{b:64}\n{b:64}\n-----END PRIVATE KEY-----",
+            "-----BEGIN PUBLIC KEY-----\n{b:64}\n-----END PUBLIC KEY-----",
+        )
+    },
+    RuleSpec {
+        reach: Some(8192),
+        ..rule(
+            "openssh-private-key",
+            "OpenSSH private key",
+            &["openssh private key"],
+            r"-----BEGIN OPENSSH PRIVATE KEY-----(?P<s>[\sA-Za-z0-9+/=]{64,})",
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA{b:60}\n",
+            "-----BEGIN OPENSSH PUBLIC KEY-----\n{b:64}\n",
+        )
+    },
+    RuleSpec {
+        reach: Some(8192),
+        ..rule(
+            "pgp-private-key",
+            "PGP private key block",
+            &["pgp private key block"],
+            r"-----BEGIN PGP PRIVATE KEY BLOCK-----(?P<s>[\sA-Za-z0-9+/=:]{64,})",
+            "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\n{b:64}\n",
+            "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n{b:64}\n",
+        )
+    },
     RuleSpec {
         validator: Validator::Jwt,
+        reach: Some(4096),
         ..rule(
             "jwt",
             "JSON Web Token",
@@ -644,14 +710,17 @@ pub const BUILTIN: &[RuleSpec] = &[
         "ntn_{a:46}",
         "ntn_{a:20}",
     ),
-    rule(
-        "atlassian-token",
-        "Atlassian API token",
-        &["atatt"],
-        bounded!("ATATT3[A-Za-z0-9_\\-=]{180,}"),
-        "ATATT3{w:186}",
-        "ATATT3{w:40}",
-    ),
+    RuleSpec {
+        reach: Some(2048),
+        ..rule(
+            "atlassian-token",
+            "Atlassian API token",
+            &["atatt"],
+            bounded!("ATATT3[A-Za-z0-9_\\-=]{180,}"),
+            "ATATT3{w:186}",
+            "ATATT3{w:40}",
+        )
+    },
     rule(
         "cloudflare-token",
         "Cloudflare API token",

@@ -3,7 +3,7 @@
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::Regex;
 
-use crate::rules::{RuleSpec, Validator};
+use crate::rules::{RuleDef, RuleSpec, Validator};
 
 /// A rule that failed to compile (a bug in a built-in rule, or a bad user rule).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +25,8 @@ impl std::fmt::Display for ScannerError {
 /// One finding. Never contains the secret itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// Rule id.
-    pub rule: &'static str,
+    /// Rule id (`known-secret:<name>` for a bottle's own token or placeholder).
+    pub rule: String,
     /// Byte offsets of the secret in the scanned text.
     pub start: usize,
     /// End offset (exclusive).
@@ -37,18 +37,47 @@ pub struct Finding {
     pub fingerprint: String,
 }
 
+/// A rule compiled for scanning; built-in and user rules alike.
 struct Compiled {
-    spec: RuleSpec,
+    id: String,
+    min_entropy: Option<f64>,
+    validator: Validator,
     regex: Regex,
+    /// How far past a keyword hit the secret may end.
+    reach: usize,
+}
+
+/// A literal the scanner must find wherever it occurs (a bottle's own secret in one of
+/// its encodings), case-sensitively unless `any_case`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Literal {
+    /// Reported as the finding's rule (e.g. `known-secret:GITHUB_TOKEN`).
+    pub rule: String,
+    /// The bytes to find.
+    pub text: String,
+    /// Hex variants match in either case.
+    pub any_case: bool,
+    /// Fingerprint of the underlying secret (the same for every encoding of it).
+    pub fingerprint: String,
 }
 
 /// A compiled rule set.
 pub struct Scanner {
     rules: Vec<Compiled>,
     automaton: AhoCorasick,
-    /// Keyword pattern index -> rule indexes.
-    keyword_rules: Vec<Vec<usize>>,
+    /// Automaton pattern index -> what it stands for.
+    targets: Vec<Target>,
     always: Vec<usize>,
+    literals: Vec<Literal>,
+}
+
+/// What an automaton pattern stands for.
+#[derive(Debug, Clone)]
+enum Target {
+    /// A keyword of these rules.
+    Keyword(Vec<usize>),
+    /// A known literal (index into `literals`).
+    Literal(usize),
 }
 
 impl std::fmt::Debug for Scanner {
@@ -168,13 +197,13 @@ fn looks_like_placeholder(value: &str) -> bool {
             })
 }
 
-fn excerpt(secret: &str) -> String {
+pub(crate) fn excerpt(secret: &str) -> String {
     let shown: String = secret.chars().take(4).collect();
     let hidden = secret.chars().count().saturating_sub(4).min(24);
     format!("{shown}{}", "*".repeat(hidden))
 }
 
-fn fingerprint(secret: &str) -> String {
+pub(crate) fn fingerprint(secret: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
     digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -182,34 +211,70 @@ fn fingerprint(secret: &str) -> String {
 impl Scanner {
     /// Compiles `rules`. Rules are data: a bad one is an error naming it.
     pub fn new(rules: &[RuleSpec]) -> Result<Scanner, ScannerError> {
+        let defs: Vec<RuleDef> = rules.iter().map(RuleDef::from).collect();
+        Scanner::with_literals(&defs, Vec::new())
+    }
+
+    /// Compiles `rules` plus `literals` (known secrets in their encodings) into one
+    /// automaton.
+    pub fn with_literals(
+        rules: &[RuleDef],
+        literals: Vec<Literal>,
+    ) -> Result<Scanner, ScannerError> {
         let mut compiled = Vec::with_capacity(rules.len());
-        let mut keywords: Vec<String> = Vec::new();
-        let mut keyword_rules: Vec<Vec<usize>> = Vec::new();
+        let mut patterns: Vec<String> = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
         let mut always = Vec::new();
-        for (idx, spec) in rules.iter().enumerate() {
-            let regex = Regex::new(spec.pattern)
-                .map_err(|e| ScannerError { rule: spec.id.into(), problem: e.to_string() })?;
-            if spec.keywords.is_empty() {
+        for (idx, def) in rules.iter().enumerate() {
+            let bad = |problem: String| ScannerError { rule: def.id.clone(), problem };
+            if def.id.is_empty()
+                || !def.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(bad("ids are non-empty and use [A-Za-z0-9_-]".into()));
+            }
+            if compiled.iter().any(|c: &Compiled| c.id == def.id) {
+                return Err(bad("duplicate rule id".into()));
+            }
+            let regex = Regex::new(&def.pattern).map_err(|e| bad(e.to_string()))?;
+            if def.keywords.iter().any(|k| k.len() < 3) {
+                return Err(bad(
+                    "keywords need at least 3 characters (a shorter one fires everywhere)".into(),
+                ));
+            }
+            if def.keywords.is_empty() {
                 always.push(idx);
             }
-            for keyword in spec.keywords {
+            for keyword in &def.keywords {
                 let keyword = keyword.to_ascii_lowercase();
-                match keywords.iter().position(|k| *k == keyword) {
-                    Some(i) => keyword_rules[i].push(idx),
+                match patterns.iter().position(|k| *k == keyword) {
+                    Some(i) => match &mut targets[i] {
+                        Target::Keyword(rules) => rules.push(idx),
+                        Target::Literal(_) => unreachable_target(),
+                    },
                     None => {
-                        keywords.push(keyword);
-                        keyword_rules.push(vec![idx]);
+                        patterns.push(keyword);
+                        targets.push(Target::Keyword(vec![idx]));
                     }
                 }
             }
-            compiled.push(Compiled { spec: *spec, regex });
+            compiled.push(Compiled {
+                id: def.id.clone(),
+                min_entropy: def.min_entropy,
+                validator: def.validator,
+                regex,
+                reach: def.reach.unwrap_or(DEFAULT_REACH),
+            });
+        }
+        for (i, literal) in literals.iter().enumerate() {
+            patterns.push(literal.text.clone());
+            targets.push(Target::Literal(i));
         }
         let automaton = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
-            .build(&keywords)
+            .build(&patterns)
             .map_err(|e| ScannerError { rule: "<keywords>".into(), problem: e.to_string() })?;
-        Ok(Scanner { rules: compiled, automaton, keyword_rules, always })
+        Ok(Scanner { rules: compiled, automaton, targets, always, literals })
     }
 
     /// The built-in rule set.
@@ -226,32 +291,56 @@ impl Scanner {
     /// Every finding in `text`, in order of position.
     ///
     /// Each rule's regex runs only on windows around its keyword hits (from the start of
-    /// the hit's line, at most [`WINDOW_BEFORE`] bytes back, to [`WINDOW_AFTER`] bytes
-    /// on), so text without keywords costs one automaton pass and keyword-dense text costs
-    /// windows, not whole-text regex passes.
+    /// the hit's line, at most [`WINDOW_BEFORE`] bytes back, to the rule's reach past
+    /// the hit), and only where a cheap `is_match` says there is something to capture,
+    /// so text without keywords costs one automaton pass and keyword-dense text costs
+    /// short windows, not whole-text regex passes.
     pub fn scan(&self, text: &str) -> Vec<Finding> {
         let mut hits: Vec<Vec<usize>> = vec![Vec::new(); self.rules.len()];
+        let mut findings = Vec::new();
         for m in self.automaton.find_overlapping_iter(text) {
-            for &i in &self.keyword_rules[m.pattern().as_usize()] {
-                hits[i].push(m.start());
+            match &self.targets[m.pattern().as_usize()] {
+                Target::Keyword(rules) => {
+                    for &i in rules {
+                        hits[i].push(m.start());
+                    }
+                }
+                Target::Literal(i) => {
+                    let literal = &self.literals[*i];
+                    let found = &text[m.start()..m.end()];
+                    if literal.any_case || found == literal.text {
+                        findings.push(Finding {
+                            rule: literal.rule.clone(),
+                            start: m.start(),
+                            end: m.end(),
+                            excerpt: excerpt(found),
+                            fingerprint: literal.fingerprint.clone(),
+                        });
+                    }
+                }
             }
         }
-        let mut findings = Vec::new();
         for (idx, rule) in self.rules.iter().enumerate() {
+            if hits[idx].is_empty() && !self.always.contains(&idx) {
+                continue;
+            }
             let windows: Vec<(usize, usize)> = if self.always.contains(&idx) {
                 vec![(0, text.len())]
             } else {
-                windows(text, &hits[idx])
+                windows(text, &hits[idx], rule.reach)
             };
             for (start, end) in windows {
                 let slice = &text[start..end];
+                if !rule.regex.is_match(slice) {
+                    continue;
+                }
                 for caps in rule.regex.captures_iter(slice) {
                     let Some(m) = caps.name("s").or_else(|| caps.get(0)) else { continue };
                     self.check(rule, m.as_str(), start + m.start(), start + m.end(), &mut findings);
                 }
             }
         }
-        findings.sort_by_key(|f| (f.start, f.end, f.rule));
+        findings.sort_by(|a, b| (a.start, a.end, &a.rule).cmp(&(b.start, b.end, &b.rule)));
         findings.dedup_by(|a, b| a.rule == b.rule && a.start == b.start && a.end == b.end);
         findings
     }
@@ -264,16 +353,16 @@ impl Scanner {
         end: usize,
         findings: &mut Vec<Finding>,
     ) {
-        if let Some(min) = rule.spec.min_entropy
+        if let Some(min) = rule.min_entropy
             && shannon_entropy(secret.as_bytes()) < min
         {
             return;
         }
         // A "secret" that is an identifier or a placeholder is not one.
-        if rule.spec.min_entropy.is_some() && looks_like_placeholder(secret) {
+        if rule.min_entropy.is_some() && looks_like_placeholder(secret) {
             return;
         }
-        let valid = match rule.spec.validator {
+        let valid = match rule.validator {
             Validator::None => true,
             Validator::Luhn => luhn(secret),
             Validator::Iban => iban(secret),
@@ -281,7 +370,7 @@ impl Scanner {
         };
         if valid {
             findings.push(Finding {
-                rule: rule.spec.id,
+                rule: rule.id.clone(),
                 start,
                 end,
                 excerpt: excerpt(secret),
@@ -291,10 +380,13 @@ impl Scanner {
     }
 }
 
+/// How far past a keyword hit a rule's secret may end, unless the rule says otherwise.
+pub const DEFAULT_REACH: usize = 320;
+
 /// How far before a keyword hit a rule's regex may start (the line's start if nearer).
 pub const WINDOW_BEFORE: usize = 256;
-/// How far after a keyword hit a rule's regex may reach.
-pub const WINDOW_AFTER: usize = 1024;
+/// The longest reach a rule may ask for.
+pub const WINDOW_AFTER: usize = 8192;
 
 fn floor_boundary(text: &str, mut i: usize) -> usize {
     while i > 0 && !text.is_char_boundary(i) {
@@ -311,7 +403,7 @@ fn ceil_boundary(text: &str, mut i: usize) -> usize {
 }
 
 /// Merged windows around sorted-or-not hit positions.
-fn windows(text: &str, hits: &[usize]) -> Vec<(usize, usize)> {
+fn windows(text: &str, hits: &[usize], reach: usize) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = Vec::new();
     let mut positions = hits.to_vec();
     positions.sort_unstable();
@@ -319,13 +411,19 @@ fn windows(text: &str, hits: &[usize]) -> Vec<(usize, usize)> {
         let back = floor_boundary(text, p.saturating_sub(WINDOW_BEFORE));
         let line_start = text[back..p].rfind('\n').map_or(back, |i| back + i + 1);
         let start = floor_boundary(text, line_start);
-        let end = ceil_boundary(text, (p + WINDOW_AFTER).min(text.len()));
+        let end = ceil_boundary(text, (p + reach.min(WINDOW_AFTER)).min(text.len()));
         match out.last_mut() {
             Some(last) if start <= last.1 => last.1 = last.1.max(end),
             _ => out.push((start, end)),
         }
     }
     out
+}
+
+#[cold]
+fn unreachable_target() -> ! {
+    // Keywords and literals get distinct pattern slots: keywords are pushed first.
+    panic!("a keyword slot holds a literal")
 }
 
 #[cold]

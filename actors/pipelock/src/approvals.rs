@@ -1,0 +1,570 @@
+//! The approval queue for held requests: a journal on disk, the actor that owns it, and
+//! the client a parked request waits through.
+//!
+//! Hazard: a hold that is forgotten on restart either hangs the agent forever or, worse,
+//! is silently released; a decision written twice (approve from one terminal, reject from
+//! another) must not both count; a queue that fails must refuse, not forward. So:
+//!
+//! - The queue is an append-only JSON-lines journal (`approvals.jsonl`) in a directory
+//!   the host can read (the launcher bind-mounts it). Every request and every decision
+//!   is one line written with a single `write` under an exclusive file lock; a torn last
+//!   line (a crash mid-write) is skipped on read. Replaying the journal rebuilds the
+//!   queue, so a restart of the store, the sidecar or the launcher loses nothing.
+//! - A decision is appended only while holding the lock and only if the hold is still
+//!   pending, so the first decision wins and later ones are refused with a reason.
+//! - The parked request waits through [`ApprovalClient`], which has its own deadline:
+//!   if the store actor dies, the client finds the restarted one by name and waits again
+//!   on the same id; if none answers before the deadline, the answer is "expired" and
+//!   the request is refused (fail closed).
+//! - Approval requests carry detections (rule, location, excerpt, fingerprint), never
+//!   the secret; the held URL is stored with detected spans redacted, or withheld.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::engine::Detection;
+
+/// The journal's file name inside the queue directory.
+pub const JOURNAL: &str = "approvals.jsonl";
+/// How long a hold waits for a decision unless configured otherwise (the reference
+/// system's `EGRESS_TOKEN_ALLOW_TIMEOUT_SECONDS`).
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often the store looks for decisions written by the host.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// Why a queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    /// The journal could not be read or written.
+    #[error("approval journal {path:?}: {source}")]
+    Io {
+        /// The journal.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No hold has this id.
+    #[error("no held request with id {0:?}")]
+    Unknown(String),
+    /// The hold was already decided.
+    #[error("held request {id:?} was already {decision}")]
+    AlreadyDecided {
+        /// The id.
+        id: String,
+        /// What it was.
+        decision: String,
+    },
+    /// A rejection needs a reason.
+    #[error("a rejection needs a reason (--reason TEXT)")]
+    ReasonRequired,
+}
+
+/// What a held request asks the operator.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HoldRequest {
+    /// Which bottle (or proxy) holds it.
+    pub bottle: String,
+    /// Method.
+    pub method: String,
+    /// Target host.
+    pub host: String,
+    /// Path and query with detected spans redacted (or `[withheld]`).
+    pub path: String,
+    /// What was found.
+    pub detections: Vec<Detection>,
+}
+
+/// The operator's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Forward it; safelist its fingerprints for the bottle's lifetime.
+    Approve,
+    /// Refuse it (403).
+    Reject,
+    /// Nobody answered in time (403).
+    Expire,
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Decision::Approve => "approved",
+            Decision::Reject => "rejected",
+            Decision::Expire => "expired",
+        })
+    }
+}
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Entry {
+    /// A request was held.
+    Hold {
+        /// Short id the operator types.
+        id: String,
+        /// Unix seconds.
+        at: f64,
+        /// Unix seconds after which it expires.
+        expires_at: f64,
+        /// What it asks.
+        #[serde(flatten)]
+        request: HoldRequest,
+    },
+    /// It was decided.
+    Decide {
+        /// The hold.
+        id: String,
+        /// Unix seconds.
+        at: f64,
+        /// The answer.
+        decision: Decision,
+        /// Why (required for a rejection).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// Who (user name, or `bottle` for expiry).
+        by: String,
+    },
+}
+
+/// A hold as the queue sees it after replay.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Held {
+    /// Id.
+    pub id: String,
+    /// When held (unix seconds).
+    pub at: f64,
+    /// When it expires (unix seconds).
+    pub expires_at: f64,
+    /// What it asks.
+    pub request: HoldRequest,
+    /// The answer, if any.
+    pub decision: Option<(Decision, Option<String>)>,
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// The journal in `dir`.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    path: PathBuf,
+}
+
+impl Journal {
+    /// Opens (creating, 0700 directory and 0600 file) the journal in `dir`.
+    pub fn open(dir: &Path) -> Result<Journal, ApprovalError> {
+        let path = dir.join(JOURNAL);
+        let io = |source| ApprovalError::Io { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        options.open(&path).map_err(io)?;
+        Ok(Journal { path })
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, source: std::io::Error) -> ApprovalError {
+        ApprovalError::Io { path: self.path.clone(), source }
+    }
+
+    fn locked(&self) -> Result<File, ApprovalError> {
+        let file =
+            OpenOptions::new().read(true).append(true).open(&self.path).map_err(|e| self.io(e))?;
+        file.lock().map_err(|e| self.io(e))?;
+        Ok(file)
+    }
+
+    /// Every complete entry from `offset`, and the offset after the last complete line.
+    pub fn read_from(&self, offset: u64) -> Result<(Vec<Entry>, u64), ApprovalError> {
+        let mut file = File::open(&self.path).map_err(|e| self.io(e))?;
+        file.seek(SeekFrom::Start(offset)).map_err(|e| self.io(e))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| self.io(e))?;
+        Ok(parse(&bytes, offset))
+    }
+
+    /// Appends a hold under the lock; the id is fresh (not in the journal).
+    pub fn hold(&self, request: HoldRequest, timeout: Duration) -> Result<Held, ApprovalError> {
+        let mut file = self.locked()?;
+        let (entries, _) = read_locked(&mut file).map_err(|e| self.io(e))?;
+        let taken: std::collections::HashSet<String> = entries
+            .iter()
+            .map(|e| match e {
+                Entry::Hold { id, .. } | Entry::Decide { id, .. } => id.clone(),
+            })
+            .collect();
+        let id = loop {
+            let id: String = {
+                use rand::Rng;
+                let mut rng = rand::rng();
+                (0..6).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+            };
+            if !taken.contains(&id) {
+                break id;
+            }
+        };
+        let at = now();
+        let expires_at = at + timeout.as_secs_f64();
+        let entry = Entry::Hold { id: id.clone(), at, expires_at, request: request.clone() };
+        append_line(&mut file, &entry).map_err(|e| self.io(e))?;
+        Ok(Held { id, at, expires_at, request, decision: None })
+    }
+
+    /// Appends a decision if the hold is still pending (first decision wins).
+    pub fn decide(
+        &self,
+        id: &str,
+        decision: Decision,
+        reason: Option<String>,
+        by: &str,
+    ) -> Result<(), ApprovalError> {
+        if decision == Decision::Reject && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(ApprovalError::ReasonRequired);
+        }
+        let mut file = self.locked()?;
+        let (entries, _) = read_locked(&mut file).map_err(|e| self.io(e))?;
+        let held = replay(&entries);
+        let Some(h) = held.iter().find(|h| h.id == id) else {
+            return Err(ApprovalError::Unknown(id.to_string()));
+        };
+        if let Some((d, _)) = &h.decision {
+            return Err(ApprovalError::AlreadyDecided {
+                id: id.to_string(),
+                decision: d.to_string(),
+            });
+        }
+        let entry =
+            Entry::Decide { id: id.to_string(), at: now(), decision, reason, by: by.to_string() };
+        append_line(&mut file, &entry).map_err(|e| self.io(e))
+    }
+
+    /// Every hold, oldest first, with its decision.
+    pub fn list(&self) -> Result<Vec<Held>, ApprovalError> {
+        let (entries, _) = self.read_from(0)?;
+        Ok(replay(&entries))
+    }
+}
+
+fn read_locked(file: &mut File) -> std::io::Result<(Vec<Entry>, u64)> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(parse(&bytes, 0))
+}
+
+fn append_line(file: &mut File, entry: &Entry) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    // One write of the whole line (O_APPEND): readers see all of it or none of it.
+    file.write_all(&line)?;
+    file.sync_data()
+}
+
+/// Complete lines only; a line that does not parse (torn, or garbage) is skipped.
+fn parse(bytes: &[u8], offset: u64) -> (Vec<Entry>, u64) {
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let entries = bytes[..complete]
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| match serde_json::from_slice::<Entry>(line) {
+            Ok(e) => Some(e),
+            Err(err) => {
+                tracing::warn!(error = %err, "Skipping an unreadable approval journal line.");
+                None
+            }
+        })
+        .collect();
+    (entries, offset + complete as u64)
+}
+
+/// Rebuilds the queue from entries; the first decision of a hold counts.
+pub fn replay(entries: &[Entry]) -> Vec<Held> {
+    let mut held: Vec<Held> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for entry in entries {
+        match entry {
+            Entry::Hold { id, at, expires_at, request } => {
+                if index.contains_key(id) {
+                    continue;
+                }
+                index.insert(id.clone(), held.len());
+                held.push(Held {
+                    id: id.clone(),
+                    at: *at,
+                    expires_at: *expires_at,
+                    request: request.clone(),
+                    decision: None,
+                });
+            }
+            Entry::Decide { id, decision, reason, .. } => {
+                if let Some(&i) = index.get(id)
+                    && held[i].decision.is_none()
+                {
+                    held[i].decision = Some((*decision, reason.clone()));
+                }
+            }
+        }
+    }
+    held
+}
+
+/// What a parked request learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forward it.
+    Approved {
+        /// The hold's id.
+        id: String,
+    },
+    /// Refuse it.
+    Refused {
+        /// The hold's id, if it got one.
+        id: Option<String>,
+        /// Why (rejection reason, expiry, queue failure).
+        why: String,
+    },
+}
+
+/// Everything the store actor can be asked. Closed on purpose.
+#[derive(Debug)]
+pub enum ApprovalMsg {
+    /// Journal a new hold; answers its id and expiry (unix seconds).
+    Submit(HoldRequest, Duration, RpcReplyPort<Result<(String, f64), String>>),
+    /// Answer when hold `id` is decided (at once if it already is).
+    Await(String, RpcReplyPort<Option<(Decision, Option<String>)>>),
+    /// Read decisions the host appended; expire overdue holds.
+    Tick,
+    /// The current queue.
+    List(RpcReplyPort<Vec<Held>>),
+}
+
+/// Where a waiter gets a hold's decision (`None`: the hold is unknown).
+type AnswerPort = RpcReplyPort<Option<(Decision, Option<String>)>>;
+
+/// The store actor: owns the journal's reader side and the waiters.
+#[derive(Debug)]
+pub struct ApprovalStore;
+
+/// Its state.
+#[derive(Debug)]
+pub struct StoreState {
+    journal: Journal,
+    offset: u64,
+    entries: Vec<Entry>,
+    waiters: HashMap<String, Vec<AnswerPort>>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl StoreState {
+    fn held(&self) -> Vec<Held> {
+        replay(&self.entries)
+    }
+
+    fn catch_up(&mut self) {
+        match self.journal.read_from(self.offset) {
+            Ok((entries, offset)) => {
+                self.entries.extend(entries);
+                self.offset = offset;
+            }
+            Err(err) => tracing::warn!(error = %err, "Cannot read the approval journal."),
+        }
+        let held = self.held();
+        let t = now();
+        for h in &held {
+            if h.decision.is_none() && h.expires_at <= t {
+                let _ = self.journal.decide(&h.id, Decision::Expire, None, "bottle");
+            }
+        }
+        if let Ok((entries, offset)) = self.journal.read_from(self.offset) {
+            self.entries.extend(entries);
+            self.offset = offset;
+        }
+        let held = self.held();
+        self.waiters.retain(|id, ports| {
+            let Some(decision) = held.iter().find(|h| &h.id == id).and_then(|h| h.decision.clone())
+            else {
+                ports.retain(|p| !p.is_closed());
+                return !ports.is_empty();
+            };
+            for port in ports.drain(..) {
+                let _ = port.send(Some(decision.clone()));
+            }
+            false
+        });
+    }
+}
+
+impl Actor for ApprovalStore {
+    type Msg = ApprovalMsg;
+    type State = StoreState;
+    type Arguments = PathBuf;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ApprovalMsg>,
+        dir: PathBuf,
+    ) -> Result<StoreState, ActorProcessingErr> {
+        let journal = Journal::open(&dir)?;
+        let (entries, offset) = journal.read_from(0)?;
+        let pending = replay(&entries).iter().filter(|h| h.decision.is_none()).count();
+        tracing::info!(journal = %journal.path().display(), pending, "Approval queue open.");
+        let ticker = myself.send_interval(POLL, || ApprovalMsg::Tick);
+        Ok(StoreState { journal, offset, entries, waiters: HashMap::new(), ticker: Some(ticker) })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<ApprovalMsg>,
+        msg: ApprovalMsg,
+        state: &mut StoreState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ApprovalMsg::Submit(request, timeout, reply) => {
+                let result = state.journal.hold(request, timeout).map_err(|e| e.to_string());
+                state.catch_up();
+                let _ = reply.send(result.map(|h| (h.id, h.expires_at)));
+            }
+            ApprovalMsg::Await(id, reply) => {
+                state.catch_up();
+                let held = state.held();
+                match held.iter().find(|h| h.id == id) {
+                    None => {
+                        let _ = reply.send(None);
+                    }
+                    Some(h) => match &h.decision {
+                        Some(d) => {
+                            let _ = reply.send(Some(d.clone()));
+                        }
+                        None => state.waiters.entry(id).or_default().push(reply),
+                    },
+                }
+            }
+            ApprovalMsg::Tick => state.catch_up(),
+            ApprovalMsg::List(reply) => {
+                state.catch_up();
+                let _ = reply.send(state.held());
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<ApprovalMsg>,
+        state: &mut StoreState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+}
+
+/// How a parked request reaches the store: by registered name, so a restarted store is
+/// found again.
+#[derive(Debug, Clone)]
+pub struct ApprovalClient {
+    /// The store actor's registered name.
+    pub store: String,
+    /// How long a hold waits.
+    pub timeout: Duration,
+}
+
+impl ApprovalClient {
+    fn store(&self) -> Option<ActorRef<ApprovalMsg>> {
+        ractor::registry::where_is(self.store.clone()).map(Into::into)
+    }
+
+    /// Journals `request` and waits for its decision, at most `self.timeout`. Never
+    /// fails open: no store, a journal error or the deadline all answer `Refused`.
+    pub async fn hold(&self, request: HoldRequest) -> Outcome {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let refused = |id: Option<String>, why: &str| Outcome::Refused { id, why: why.to_string() };
+        // Submit once: a hold is journaled before anyone waits on it.
+        let id = loop {
+            if tokio::time::Instant::now() >= deadline {
+                return refused(None, "the approval queue did not answer in time");
+            }
+            let Some(store) = self.store() else {
+                return refused(None, "no approval queue is running");
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match store
+                .call(|reply| ApprovalMsg::Submit(request.clone(), self.timeout, reply), Some(left))
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(Ok((id, _)))) => break id,
+                Ok(ractor::rpc::CallResult::Success(Err(why))) => {
+                    return Outcome::Refused {
+                        id: None,
+                        why: format!("approval queue failed: {why}"),
+                    };
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        tracing::warn!(%id, host = %request.host, "Request held for approval: `bottle approve {id}` or `bottle reject {id} --reason ...`.");
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return refused(Some(id), "no decision before the hold timed out");
+            }
+            let Some(store) = self.store() else {
+                // Restarting: look again shortly.
+                tokio::time::sleep(Duration::from_millis(50).min(left)).await;
+                continue;
+            };
+            match store.call(|reply| ApprovalMsg::Await(id.clone(), reply), Some(left)).await {
+                Ok(ractor::rpc::CallResult::Success(Some((Decision::Approve, _)))) => {
+                    return Outcome::Approved { id };
+                }
+                Ok(ractor::rpc::CallResult::Success(Some((Decision::Reject, reason)))) => {
+                    let why = format!("rejected by the operator: {}", reason.unwrap_or_default());
+                    return Outcome::Refused { id: Some(id), why };
+                }
+                Ok(ractor::rpc::CallResult::Success(Some((Decision::Expire, _)))) => {
+                    return refused(Some(id), "no decision before the hold timed out");
+                }
+                Ok(ractor::rpc::CallResult::Success(None)) => {
+                    return refused(Some(id), "the approval queue lost the hold");
+                }
+                Ok(ractor::rpc::CallResult::Timeout) => {
+                    return refused(Some(id), "no decision before the hold timed out");
+                }
+                // The store died while we waited: find its successor and wait again.
+                _ => tokio::time::sleep(Duration::from_millis(50).min(left)).await,
+            }
+        }
+    }
+}
+
+/// Fingerprints of every approved hold in the journal (to restore the safelist).
+pub fn approved_fingerprints(held: &[Held]) -> Vec<String> {
+    held.iter()
+        .filter(|h| matches!(h.decision, Some((Decision::Approve, _))))
+        .flat_map(|h| h.request.detections.iter().map(|d| d.fingerprint.clone()))
+        .collect()
+}

@@ -1,0 +1,309 @@
+//! The outbound and inbound pipeline over request and response parts.
+//!
+//! Hazard: a detection that carries the secret leaks it into the audit log, the 403 body
+//! and the approval queue; a redaction that misses one spelling forwards the secret
+//! anyway. A [`Detection`] carries the rule, where it was found (host, URL, header,
+//! body, frame), in which spelling, a redacted excerpt and a fingerprint, never the
+//! value. Redaction replaces raw spans only where every detection maps back to one, and
+//! the caller re-scans the result; a detection without a raw span (Unicode folding,
+//! joined fields) cannot be redacted and must be blocked.
+
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+use crate::hostname::suspicious_hostname;
+use crate::injection::{InjectionFinding, InjectionScanner};
+use crate::known::KnownSecret;
+use crate::normalize::{self, Encoding, View};
+use crate::rules::{BUILTIN, RuleDef};
+use crate::scanner::{Finding, Scanner, ScannerError};
+
+/// Why the pipeline could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PipelockError {
+    /// A rule does not compile or is malformed (the message names it).
+    #[error("{0}")]
+    Rule(String),
+}
+
+impl From<ScannerError> for PipelockError {
+    fn from(e: ScannerError) -> PipelockError {
+        PipelockError::Rule(e.to_string())
+    }
+}
+
+/// Where in a request or response something was found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum Location {
+    /// The target hostname.
+    Host,
+    /// Path and query.
+    Url,
+    /// A header (its name).
+    Header(String),
+    /// The body.
+    Body,
+    /// A WebSocket message.
+    Frame,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Host => f.write_str("hostname"),
+            Location::Url => f.write_str("url"),
+            Location::Header(name) => write!(f, "header {name}"),
+            Location::Body => f.write_str("body"),
+            Location::Frame => f.write_str("websocket message"),
+        }
+    }
+}
+
+/// One outbound detection. Never contains the secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Detection {
+    /// Rule id (`known-secret:<name>` for the bottle's own tokens and placeholders).
+    pub rule: String,
+    /// Where.
+    pub location: Location,
+    /// In which spelling (`raw`, `percent`, `base64`, ...).
+    pub encoding: String,
+    /// Raw byte offsets in the scanned part, when the spelling maps back to them.
+    pub span: Option<(usize, usize)>,
+    /// The secret with all but its first 4 characters masked.
+    pub excerpt: String,
+    /// First 16 hex digits of SHA-256 of the secret.
+    pub fingerprint: String,
+}
+
+/// Which outbound detectors a route runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detectors {
+    /// Credential pattern rules (`token_patterns`).
+    pub token_patterns: bool,
+    /// The bottle's own secrets and placeholders (`known_secrets`).
+    pub known_secrets: bool,
+}
+
+impl Detectors {
+    /// Both.
+    pub const ALL: Detectors = Detectors { token_patterns: true, known_secrets: true };
+    /// Neither.
+    pub const NONE: Detectors = Detectors { token_patterns: false, known_secrets: false };
+
+    /// Whether any is on.
+    pub fn any(self) -> bool {
+        self.token_patterns || self.known_secrets
+    }
+}
+
+/// The placeholder written over a redacted secret.
+pub const REDACTED: &str = "REDACTED";
+
+/// The DLP pipeline: rules and known secrets compiled once, plus the bottle-lifetime
+/// safelist of approved fingerprints.
+pub struct Pipelock {
+    scanner: Scanner,
+    injection: InjectionScanner,
+    safelist: RwLock<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Pipelock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipelock")
+            .field("rules", &self.scanner.rule_count())
+            .field("injection_rules", &self.injection.rule_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipelock {
+    /// Built-in rules plus `extra` (from the manifest), and `known` secrets.
+    pub fn new(extra: &[RuleDef], known: &[KnownSecret]) -> Result<Pipelock, PipelockError> {
+        let mut defs: Vec<RuleDef> = BUILTIN.iter().map(RuleDef::from).collect();
+        defs.extend(extra.iter().cloned());
+        let scanner = Scanner::with_literals(&defs, crate::known::literals(known))?;
+        Ok(Pipelock { scanner, injection: InjectionScanner::new(), safelist: RwLock::default() })
+    }
+
+    /// Same rules and safelist with a new set of known secrets (after a route reload).
+    pub fn with_known(
+        &self,
+        extra: &[RuleDef],
+        known: &[KnownSecret],
+    ) -> Result<Pipelock, PipelockError> {
+        let next = Pipelock::new(extra, known)?;
+        let safe = self.safelist.read().unwrap_or_else(|p| p.into_inner()).clone();
+        *next.safelist.write().unwrap_or_else(|p| p.into_inner()) = safe;
+        Ok(next)
+    }
+
+    /// Number of pattern rules.
+    pub fn rule_count(&self) -> usize {
+        self.scanner.rule_count()
+    }
+
+    /// Marks fingerprints as approved for the bottle's lifetime.
+    pub fn approve<'a>(&self, fingerprints: impl IntoIterator<Item = &'a str>) {
+        let mut safe = self.safelist.write().unwrap_or_else(|p| p.into_inner());
+        safe.extend(fingerprints.into_iter().map(str::to_string));
+    }
+
+    /// Whether a fingerprint was approved.
+    pub fn is_approved(&self, fingerprint: &str) -> bool {
+        self.safelist.read().unwrap_or_else(|p| p.into_inner()).contains(fingerprint)
+    }
+
+    /// The target host: exfiltration-shaped labels and secrets in the name.
+    pub fn scan_host(&self, host: &str, detectors: Detectors) -> Vec<Detection> {
+        let mut out = Vec::new();
+        if detectors.any()
+            && let Some(why) = suspicious_hostname(host)
+        {
+            out.push(Detection {
+                rule: "dns-exfil-label".into(),
+                location: Location::Host,
+                encoding: "raw".into(),
+                span: None,
+                excerpt: why,
+                fingerprint: crate::scanner::fingerprint(host),
+            });
+        }
+        out.extend(self.scan(Location::Host, host, detectors));
+        // Nothing in a hostname can be redacted.
+        for d in &mut out {
+            d.span = None;
+        }
+        out
+    }
+
+    /// Path and query, including the query values joined.
+    pub fn scan_url(&self, path_and_query: &str, detectors: Detectors) -> Vec<Detection> {
+        let mut out = self.scan(Location::Url, path_and_query, detectors);
+        if let Some(joined) = normalize::joined_query(path_and_query) {
+            self.scan_joined(Location::Url, &joined, detectors, &mut out);
+        }
+        out
+    }
+
+    /// A header value.
+    pub fn scan_header(&self, name: &str, value: &str, detectors: Detectors) -> Vec<Detection> {
+        self.scan(Location::Header(name.to_ascii_lowercase()), value, detectors)
+    }
+
+    /// A (decoded) body, including JSON string fields joined.
+    pub fn scan_body(&self, body: &str, detectors: Detectors) -> Vec<Detection> {
+        let mut out = self.scan(Location::Body, body, detectors);
+        if let Some(joined) = normalize::joined_json(body) {
+            self.scan_joined(Location::Body, &joined, detectors, &mut out);
+        }
+        out
+    }
+
+    /// A WebSocket text message.
+    pub fn scan_frame(&self, text: &str, detectors: Detectors) -> Vec<Detection> {
+        self.scan(Location::Frame, text, detectors)
+    }
+
+    /// Prompt-injection findings in response text.
+    pub fn scan_inbound(&self, text: &str) -> Vec<InjectionFinding> {
+        self.injection.scan(text)
+    }
+
+    fn scan_joined(
+        &self,
+        location: Location,
+        joined: &str,
+        detectors: Detectors,
+        out: &mut Vec<Detection>,
+    ) {
+        for mut d in self.scan(location, joined, detectors) {
+            if out.iter().any(|o| o.fingerprint == d.fingerprint) {
+                continue;
+            }
+            d.encoding = "joined".into();
+            d.span = None;
+            out.push(d);
+        }
+    }
+
+    /// Every detection in `text` under all its spellings, minus approved fingerprints.
+    pub fn scan(&self, location: Location, text: &str, detectors: Detectors) -> Vec<Detection> {
+        if !detectors.any() {
+            return Vec::new();
+        }
+        let mut out: Vec<Detection> = Vec::new();
+        let raw = View {
+            text: String::new(),
+            encoding: Encoding::Raw,
+            origin: normalize::Origin::Identity,
+        };
+        let found = self.scanner.scan(text);
+        self.collect(&raw, found, &location, detectors, &mut out);
+        for view in normalize::derived_views(text) {
+            let found = self.scanner.scan(&view.text);
+            self.collect(&view, found, &location, detectors, &mut out);
+        }
+        out
+    }
+
+    fn collect(
+        &self,
+        view: &View,
+        found: Vec<Finding>,
+        location: &Location,
+        detectors: Detectors,
+        out: &mut Vec<Detection>,
+    ) {
+        for f in found {
+            let known = f.rule.starts_with("known-secret:");
+            if (known && !detectors.known_secrets) || (!known && !detectors.token_patterns) {
+                continue;
+            }
+            if self.is_approved(&f.fingerprint) {
+                continue;
+            }
+            let span = view.raw_span(f.start, f.end);
+            // The same secret seen again in another spelling adds nothing new, unless
+            // this spelling maps to a different raw span.
+            if out.iter().any(|d| d.fingerprint == f.fingerprint && d.span == span) {
+                continue;
+            }
+            out.push(Detection {
+                rule: f.rule,
+                location: location.clone(),
+                encoding: view.encoding.as_str().into(),
+                span,
+                excerpt: f.excerpt,
+                fingerprint: f.fingerprint,
+            });
+        }
+    }
+}
+
+/// `text` with every detection's raw span replaced by [`REDACTED`], or `None` when a
+/// detection has no raw span (it cannot be redacted in place: block instead).
+pub fn redact(text: &str, detections: &[Detection]) -> Option<String> {
+    let mut spans: Vec<(usize, usize)> = Vec::with_capacity(detections.len());
+    for d in detections {
+        spans.push(d.span?);
+    }
+    spans.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (start, end) in spans {
+        if end <= at {
+            continue;
+        }
+        let start = start.max(at);
+        if !text.is_char_boundary(start) || !text.is_char_boundary(end) || end > text.len() {
+            return None;
+        }
+        out.push_str(&text[at..start]);
+        out.push_str(REDACTED);
+        at = end;
+    }
+    out.push_str(&text[at..]);
+    Some(out)
+}

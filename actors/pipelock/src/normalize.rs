@@ -1,0 +1,691 @@
+//! Normalization against evasion: the other spellings of the same bytes.
+//!
+//! Hazard: a scanner that only reads the raw bytes is beaten by one `base64` call, a
+//! round of percent-encoding, a zero-width space inside the token or a Cyrillic `е` in
+//! `sеcret`. Every view here is another spelling of the input the rules also run on:
+//! iterative percent-decoding (bounded rounds), JSON/JS escapes, Unicode folding (NFKC,
+//! zero-width and format characters dropped, tag characters mapped back to ASCII,
+//! confusables folded to Latin), and decoded base64 / base64url / base32 / hex runs
+//! (bounded depth and volume). Decoding is bounded so a crafted input cannot make the
+//! scanner's work explode: the total decoded volume is at most [`MAX_DECODED_FACTOR`]
+//! times the input.
+//!
+//! Where a view's offsets map back to the raw input (percent-decoding, a decoded run),
+//! the view carries that map so a finding can be redacted in place; where they cannot
+//! (Unicode folding, joined fields), a finding there cannot be redacted, only blocked.
+
+use unicode_normalization::UnicodeNormalization;
+
+/// How a view was derived from the raw text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// The bytes as sent.
+    Raw,
+    /// Percent-decoded (one or more rounds).
+    Percent,
+    /// `\uXXXX` / `\xXX` escapes decoded.
+    Escapes,
+    /// Unicode-folded (NFKC, invisible characters dropped, confusables folded).
+    Unicode,
+    /// A base64 run decoded.
+    Base64,
+    /// A base32 run decoded.
+    Base32,
+    /// A hex run decoded.
+    Hex,
+    /// Query parameters or JSON string fields joined.
+    Joined,
+}
+
+impl Encoding {
+    /// Lowercase name, as in audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Raw => "raw",
+            Encoding::Percent => "percent",
+            Encoding::Escapes => "escapes",
+            Encoding::Unicode => "unicode",
+            Encoding::Base64 => "base64",
+            Encoding::Base32 => "base32",
+            Encoding::Hex => "hex",
+            Encoding::Joined => "joined",
+        }
+    }
+}
+
+/// Where a view's bytes came from in the raw text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The raw text itself.
+    Identity,
+    /// View offset `i` is raw offset `map[i]`; `map[len]` is the end. Identity for the raw view.
+    Mapped(Vec<usize>),
+    /// The whole view came from `raw[start..end]` (a decoded run).
+    Span(usize, usize),
+    /// No usable map (folded or joined text).
+    Unmapped,
+}
+
+/// One spelling of the input.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// The text the rules run on.
+    pub text: String,
+    /// The last transform applied.
+    pub encoding: Encoding,
+    /// Offsets back to the raw text.
+    pub origin: Origin,
+}
+
+impl View {
+    /// The raw span of `view[start..end]`, if it can be told.
+    pub fn raw_span(&self, start: usize, end: usize) -> Option<(usize, usize)> {
+        match &self.origin {
+            Origin::Mapped(map) => {
+                let s = *map.get(start)?;
+                // The end is where the byte after the last one starts in the raw text.
+                let e = *map.get(end)?;
+                Some((s, e.max(s)))
+            }
+            Origin::Identity => Some((start, end)),
+            Origin::Span(s, e) => Some((*s, *e)),
+            Origin::Unmapped => None,
+        }
+    }
+}
+
+/// At most this many percent-decoding rounds.
+pub const MAX_PERCENT_ROUNDS: usize = 4;
+/// Decoded runs are themselves normalized this deep (base64 of base64 of a token).
+pub const MAX_DEPTH: usize = 2;
+/// Shortest base64 / base32 run worth decoding (12 bytes of payload).
+pub const MIN_B64_RUN: usize = 16;
+/// Shortest hex run worth decoding (16 bytes of payload).
+pub const MIN_HEX_RUN: usize = 32;
+/// Total decoded bytes at most this many times the input.
+pub const MAX_DECODED_FACTOR: usize = 2;
+
+/// Every view of `text` worth scanning, the raw one first.
+pub fn views(text: &str) -> Vec<View> {
+    let mut out =
+        vec![View { text: text.to_string(), encoding: Encoding::Raw, origin: Origin::Identity }];
+    out.extend(derived_views(text));
+    out
+}
+
+/// The views of `text` other than the raw one (for callers that scan `text` itself).
+/// Clean ASCII text without `%`, `\` or a long encoded run ends after one pass.
+pub fn derived_views(text: &str) -> Vec<View> {
+    let mut out = Vec::new();
+    if !needs_work(text.as_bytes()) {
+        return out;
+    }
+    let mut budget = text.len().saturating_mul(MAX_DECODED_FACTOR) + 4096;
+    expand(text, &Origin::Identity, &mut out, &mut budget, 0);
+    out
+}
+
+/// False when no transform could change `bytes`: ASCII without `%`, `\` or a run long
+/// enough to decode.
+fn needs_work(bytes: &[u8]) -> bool {
+    !bytes.is_ascii() || memchr_any(bytes) || has_long_run(bytes)
+}
+
+fn memchr_any(bytes: &[u8]) -> bool {
+    bytes.iter().any(|&b| b == b'%' || b == b'\\')
+}
+
+fn compose(outer: &Origin, inner: Vec<usize>) -> Origin {
+    match outer {
+        Origin::Identity => Origin::Mapped(inner),
+        Origin::Mapped(map) => Origin::Mapped(inner.into_iter().map(|i| map[i]).collect()),
+        Origin::Span(s, e) => Origin::Span(*s, *e),
+        Origin::Unmapped => Origin::Unmapped,
+    }
+}
+
+fn span_of(outer: &Origin, start: usize, end: usize) -> Origin {
+    match outer {
+        Origin::Identity => Origin::Span(start, end),
+        Origin::Mapped(map) => Origin::Span(map[start], map[end]),
+        Origin::Span(s, e) => Origin::Span(*s, *e),
+        Origin::Unmapped => Origin::Unmapped,
+    }
+}
+
+/// Percent rounds then escapes on one line: the decoded line and its byte map, if it
+/// changed.
+fn decode_line(line: &str) -> Option<(String, Vec<usize>, Encoding)> {
+    let mut current: Option<(String, Vec<usize>)> = None;
+    let mut encoding = Encoding::Escapes;
+    for _ in 0..MAX_PERCENT_ROUNDS {
+        let text = current.as_ref().map_or(line, |(t, _)| t.as_str());
+        if !text.as_bytes().contains(&b'%') {
+            break;
+        }
+        let Some((decoded, map)) = percent_decode(text) else { break };
+        encoding = Encoding::Percent;
+        current = Some(match current {
+            None => (decoded, map),
+            Some((_, outer)) => (decoded, map.into_iter().map(|i| outer[i]).collect()),
+        });
+    }
+    let text = current.as_ref().map_or(line, |(t, _)| t.as_str());
+    if text.contains('\\')
+        && let Some((decoded, map)) = unescape(text)
+    {
+        current = Some(match current {
+            None => (decoded, map),
+            Some((_, outer)) => (decoded, map.into_iter().map(|i| outer[i]).collect()),
+        });
+    }
+    current.map(|(t, m)| (t, m, encoding))
+}
+
+/// Derives views of `text` (whose offsets map to the raw input through `origin`).
+///
+/// Percent-decoding, escapes and Unicode folding work line by line, and only changed
+/// lines go into the (one) decoded view and the (one) folded view, so a large body with
+/// a few escapes costs a few lines, not another copy of the body.
+fn expand(text: &str, origin: &Origin, out: &mut Vec<View>, budget: &mut usize, depth: usize) {
+    let mut decoded = String::new();
+    let mut decoded_map: Vec<usize> = Vec::new();
+    let mut decoded_encoding = Encoding::Escapes;
+    let mut folded = String::new();
+    let mut line_start = 0;
+    for line in text.split_inclusive('\n') {
+        let bytes = line.as_bytes();
+        let escapes = bytes.contains(&b'%') || bytes.contains(&b'\\');
+        let mut changed: Option<String> = None;
+        if escapes && let Some((line_decoded, map, encoding)) = decode_line(line) {
+            if encoding == Encoding::Percent {
+                decoded_encoding = Encoding::Percent;
+            }
+            decoded_map.extend(map[..map.len() - 1].iter().map(|i| line_start + i));
+            decoded.push_str(&line_decoded);
+            if !line_decoded.ends_with('\n') {
+                decoded_map.push(line_start + line.len());
+                decoded.push('\n');
+            }
+            changed = Some(line_decoded);
+        }
+        let plain = changed.as_deref().unwrap_or(line);
+        if !plain.is_ascii() {
+            folded.push_str(&fold_unicode(plain));
+            folded.push('\n');
+        }
+        line_start += line.len();
+    }
+    let mut level: Vec<(String, Origin)> = vec![(text.to_string(), origin.clone())];
+    if !decoded.is_empty() {
+        decoded_map.push(text.len());
+        let view_origin = compose(origin, decoded_map);
+        out.push(View {
+            text: decoded.clone(),
+            encoding: decoded_encoding,
+            origin: view_origin.clone(),
+        });
+        level.push((decoded, view_origin));
+    }
+    if !folded.is_empty() {
+        out.push(View {
+            text: folded.clone(),
+            encoding: Encoding::Unicode,
+            origin: Origin::Unmapped,
+        });
+        level.push((folded, Origin::Unmapped));
+    }
+    if depth >= MAX_DEPTH {
+        return;
+    }
+    for (level_text, level_origin) in &level {
+        if *budget == 0 {
+            return;
+        }
+        for (start, end, encoding, run_text) in decode_runs(level_text, budget) {
+            let run_origin = span_of(level_origin, start, end);
+            if needs_work(run_text.as_bytes()) {
+                expand(&run_text, &run_origin, out, budget, depth + 1);
+            }
+            out.push(View { text: run_text, encoding, origin: run_origin });
+        }
+    }
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// One round of percent-decoding (and `+` as space), with each output byte's source
+/// offset. `None` if nothing changed.
+pub fn percent_decode(text: &str) -> Option<(String, Vec<usize>)> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut map = Vec::with_capacity(bytes.len() + 1);
+    let mut i = 0;
+    let mut changed = false;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex_val(bytes[i + 1]), hex_val(bytes[i + 2]))
+        {
+            out.push(h << 4 | l);
+            map.push(i);
+            i += 3;
+            changed = true;
+            continue;
+        }
+        out.push(bytes[i]);
+        map.push(i);
+        i += 1;
+    }
+    map.push(bytes.len());
+    changed.then(|| lossy_with_map(out, map))
+}
+
+/// Decodes `\uXXXX`, `\xXX` and `\/` escapes (JSON and JavaScript strings).
+fn unescape(text: &str) -> Option<(String, Vec<usize>)> {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    let mut map = Vec::with_capacity(bytes.len() + 1);
+    let mut i = 0;
+    let mut changed = false;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 1 < bytes.len() {
+            let (width, value) = match bytes[i + 1] {
+                b'u' if i + 6 <= bytes.len() => (6, parse_hex(&bytes[i + 2..i + 6])),
+                b'x' if i + 4 <= bytes.len() => (4, parse_hex(&bytes[i + 2..i + 4])),
+                b'/' => (2, Some(u32::from(b'/'))),
+                _ => (0, None),
+            };
+            if let Some(c) = value.and_then(char::from_u32) {
+                for _ in 0..c.len_utf8() {
+                    map.push(i);
+                }
+                out.push(c);
+                i += width;
+                changed = true;
+                continue;
+            }
+        }
+        let c = text[i..].chars().next().unwrap_or('\u{fffd}');
+        for _ in 0..c.len_utf8() {
+            map.push(i);
+        }
+        out.push(c);
+        i += c.len_utf8().max(1);
+    }
+    map.push(bytes.len());
+    changed.then_some((out, map))
+}
+
+fn parse_hex(bytes: &[u8]) -> Option<u32> {
+    bytes.iter().try_fold(0u32, |acc, &b| hex_val(b).map(|v| acc << 4 | u32::from(v)))
+}
+
+/// Decoded bytes as text, keeping the offset map aligned with what `from_utf8_lossy`
+/// makes of invalid sequences.
+fn lossy_with_map(bytes: Vec<u8>, map: Vec<usize>) -> (String, Vec<usize>) {
+    match String::from_utf8(bytes) {
+        Ok(s) => (s, map),
+        Err(e) => {
+            let bytes = e.into_bytes();
+            let mut out = String::with_capacity(bytes.len());
+            let mut out_map = Vec::with_capacity(map.len());
+            let mut i = 0;
+            for chunk in bytes.utf8_chunks() {
+                for c in chunk.valid().chars() {
+                    for _ in 0..c.len_utf8() {
+                        out_map.push(map[i]);
+                    }
+                    i += c.len_utf8();
+                    out.push(c);
+                }
+                if !chunk.invalid().is_empty() {
+                    for _ in 0..'\u{fffd}'.len_utf8() {
+                        out_map.push(map[i]);
+                    }
+                    i += chunk.invalid().len();
+                    out.push('\u{fffd}');
+                }
+            }
+            out_map.push(*map.last().unwrap_or(&0));
+            (out, out_map)
+        }
+    }
+}
+
+/// Characters that render as nothing (or steer rendering) and are dropped.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+        | '\u{ffa0}' | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}'
+        | '\u{e0001}' | '\u{e007f}' | '\u{e0100}'..='\u{e01ef}')
+}
+
+/// Latin look-alikes from Cyrillic, Greek and other scripts (the common confusables).
+fn confusable(c: char) -> Option<char> {
+    Some(match c {
+        'а' => 'a',
+        'в' => 'b',
+        'е' | 'ё' => 'e',
+        'к' => 'k',
+        'м' => 'm',
+        'н' => 'h',
+        'о' => 'o',
+        'р' => 'p',
+        'с' => 'c',
+        'т' => 't',
+        'у' => 'y',
+        'х' => 'x',
+        'ѕ' => 's',
+        'і' => 'i',
+        'ј' => 'j',
+        'ԁ' => 'd',
+        'ԛ' => 'q',
+        'ԝ' => 'w',
+        'һ' => 'h',
+        'А' => 'A',
+        'В' => 'B',
+        'Е' => 'E',
+        'К' => 'K',
+        'М' => 'M',
+        'Н' => 'H',
+        'О' => 'O',
+        'Р' => 'P',
+        'С' => 'C',
+        'Т' => 'T',
+        'У' => 'Y',
+        'Х' => 'X',
+        'Ѕ' => 'S',
+        'І' => 'I',
+        'Ј' => 'J',
+        'α' => 'a',
+        'β' => 'b',
+        'ε' => 'e',
+        'ι' => 'i',
+        'κ' => 'k',
+        'ν' => 'v',
+        'ο' => 'o',
+        'ρ' => 'p',
+        'τ' => 't',
+        'υ' => 'u',
+        'χ' => 'x',
+        'γ' => 'y',
+        'Α' => 'A',
+        'Β' => 'B',
+        'Ε' => 'E',
+        'Ζ' => 'Z',
+        'Η' => 'H',
+        'Ι' => 'I',
+        'Κ' => 'K',
+        'Μ' => 'M',
+        'Ν' => 'N',
+        'Ο' => 'O',
+        'Ρ' => 'P',
+        'Τ' => 'T',
+        'Υ' => 'Y',
+        'Χ' => 'X',
+        'ı' => 'i',
+        'ȷ' => 'j',
+        'ɡ' => 'g',
+        'ℓ' => 'l',
+        '‐' | '‑' | '‒' | '–' | '—' | '−' => '-',
+        _ => return None,
+    })
+}
+
+/// NFKC, then invisible characters dropped, tag characters mapped to the ASCII they
+/// smuggle, and confusables folded to Latin.
+pub fn fold_unicode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.nfkc() {
+        if invisible(c) {
+            continue;
+        }
+        let code = c as u32;
+        if (0xe0020..=0xe007e).contains(&code) {
+            // Unicode tag characters: invisible copies of ASCII ("ASCII smuggling").
+            out.push(char::from_u32(code - 0xe0000).unwrap_or(' '));
+            continue;
+        }
+        out.push(confusable(c).unwrap_or(c));
+    }
+    out
+}
+
+const B64_CLASS: u8 = 1;
+const B64URL_CLASS: u8 = 2;
+const HEX_CLASS: u8 = 4;
+const B32_CLASS: u8 = 8;
+
+const fn classes() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut c = 0;
+        if b.is_ascii_alphanumeric() {
+            c |= B64_CLASS | B64URL_CLASS;
+        }
+        if b == b'+' || b == b'/' {
+            c |= B64_CLASS;
+        }
+        if b == b'-' || b == b'_' {
+            c |= B64URL_CLASS;
+        }
+        if b.is_ascii_hexdigit() {
+            c |= HEX_CLASS;
+        }
+        if b.is_ascii_uppercase() || (b >= b'2' && b <= b'7') {
+            c |= B32_CLASS;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+}
+
+static CLASS: [u8; 256] = classes();
+
+/// Whether any run of encoding-alphabet bytes is long enough to be worth decoding.
+fn has_long_run(bytes: &[u8]) -> bool {
+    let mut run = 0usize;
+    for &b in bytes {
+        if CLASS[usize::from(b)] & (B64_CLASS | B64URL_CLASS) != 0 {
+            run += 1;
+            if run >= MIN_B64_RUN {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
+}
+
+/// Decoded text of every long encoded run in `text`: `(start, end, encoding, text)`.
+fn decode_runs(text: &str, budget: &mut usize) -> Vec<(usize, usize, Encoding, String)> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if CLASS[usize::from(bytes[i])] & (B64_CLASS | B64URL_CLASS) == 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && CLASS[usize::from(bytes[i])] & (B64_CLASS | B64URL_CLASS) != 0 {
+            i += 1;
+        }
+        let body_end = i;
+        // Padding belongs to the run.
+        while i < bytes.len() && bytes[i] == b'=' && i - body_end < 2 {
+            i += 1;
+        }
+        if body_end - start < MIN_B64_RUN || *budget == 0 {
+            continue;
+        }
+        if let Some((encoding, decoded)) = decode_run(&bytes[start..body_end]) {
+            *budget = budget.saturating_sub(decoded.len());
+            out.push((start, i, encoding, decoded));
+        }
+    }
+    out
+}
+
+/// Tries hex, then base32, then base64 at each of the four alignments; keeps the first
+/// decoding that reads as text.
+fn decode_run(body: &[u8]) -> Option<(Encoding, String)> {
+    let all = |mask: u8| body.iter().all(|&b| CLASS[usize::from(b)] & mask != 0);
+    if body.len() >= MIN_HEX_RUN && all(HEX_CLASS) {
+        let even = &body[..body.len() & !1];
+        let decoded: Vec<u8> = even
+            .chunks(2)
+            .map(|p| hex_val(p[0]).unwrap_or(0) << 4 | hex_val(p[1]).unwrap_or(0))
+            .collect();
+        return texty(decoded).map(|t| (Encoding::Hex, t));
+    }
+    if all(B32_CLASS)
+        && let Some(t) = texty(base32_decode(body))
+    {
+        return Some((Encoding::Base32, t));
+    }
+    for skip in 0..4 {
+        if body.len() < skip + MIN_B64_RUN {
+            break;
+        }
+        if let Some(t) = texty(base64_decode(&body[skip..])) {
+            return Some((Encoding::Base64, t));
+        }
+    }
+    None
+}
+
+/// Base64, standard or URL-safe alphabet, no padding needed; trailing partial bits dropped.
+pub fn base64_decode(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() * 3 / 4);
+    let (mut buf, mut bits) = (0u32, 0u32);
+    for &c in body {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => break,
+        };
+        buf = (buf << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+            buf &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// RFC 4648 base32 (uppercase alphabet), no padding needed.
+pub fn base32_decode(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() * 5 / 8);
+    let (mut buf, mut bits) = (0u64, 0u32);
+    for &c in body {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => break,
+        };
+        buf = (buf << 5) | u64::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+            buf &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// The decoded bytes as text if they read as text: valid UTF-8 and at least 90%
+/// printable or whitespace. Random bytes (a wrong alignment, a hash) fail this.
+fn texty(bytes: Vec<u8>) -> Option<String> {
+    if bytes.len() < 8 {
+        return None;
+    }
+    let text = String::from_utf8(bytes).ok()?;
+    let total = text.chars().count();
+    let printable = text.chars().filter(|c| !c.is_control() || c.is_whitespace()).count();
+    (printable * 10 >= total * 9).then_some(text)
+}
+
+/// Query parameter values (percent-decoded) joined in order, when there are two or more.
+pub fn joined_query(path_and_query: &str) -> Option<String> {
+    let query = path_and_query.split_once('?')?.1;
+    let values: Vec<String> = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').map(|(_, v)| v))
+        .map(|v| percent_decode(v).map(|(s, _)| s).unwrap_or_else(|| v.to_string()))
+        .collect();
+    (values.len() >= 2).then(|| values.concat())
+}
+
+/// JSON string values joined in document order, when the text is JSON with two or more.
+pub fn joined_json(text: &str) -> Option<String> {
+    let trimmed = text.trim_start();
+    if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let mut strings = Vec::new();
+    collect_strings(&value, &mut strings, 0);
+    (strings.len() >= 2).then(|| strings.concat())
+}
+
+fn collect_strings<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>, depth: usize) {
+    if depth > 64 {
+        return;
+    }
+    match value {
+        serde_json::Value::String(s) => out.push(s),
+        serde_json::Value::Array(items) => {
+            for v in items {
+                collect_strings(v, out, depth + 1);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for v in map.values() {
+                collect_strings(v, out, depth + 1);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_map_points_back_at_the_raw_bytes() {
+        let (text, map) = percent_decode("a%41b").unwrap();
+        assert_eq!(text, "aAb");
+        assert_eq!(map, vec![0, 1, 4, 5]);
+    }
+
+    #[test]
+    fn clean_ascii_needs_no_work() {
+        assert!(!needs_work(b"plain words and short ids like abc_def only"));
+        assert!(needs_work(b"a%20b"));
+        assert!(needs_work("caf\u{e9}".as_bytes()));
+        assert!(needs_work(b"Z2hwX2FiY2RlZmdoaWprbG1ub3A="));
+    }
+}
