@@ -1,11 +1,13 @@
-//! `bottle`, the host launcher. For now: `--version` and `demo`, a small supervision
-//! tree where one daemon crashes and is restarted. Thin main: parse, run, map the
+//! `bottle`, the host launcher. For now: `demo` (a small supervision tree where one
+//! daemon crashes and is restarted), `proxy` (the egress firewall with pipelock on its
+//! own) and the approval queue (`approvals`, `approve`, `reject`). Thin main: parse, run, map the
 //! outcome to an exit code (only here).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod approvals;
 mod demo;
 mod proxy;
 
@@ -34,6 +36,37 @@ enum Command {
     /// blocking. Prints where the CA certificate is and the environment a client needs,
     /// then serves until SIGTERM; SIGHUP reloads the routes file.
     Proxy(proxy::ProxyArgs),
+    /// List requests pipelock holds for approval (pending ones unless --all).
+    Approvals {
+        #[command(flatten)]
+        dir: approvals::QueueDir,
+        /// Include decided holds.
+        #[arg(long)]
+        all: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a held request; its secrets are safelisted for the bottle's lifetime.
+    Approve {
+        /// The hold's id (from `bottle approvals`).
+        id: String,
+        #[command(flatten)]
+        dir: approvals::QueueDir,
+        /// Why (recorded in the journal).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Refuse a held request (the agent gets a 403 with the reason).
+    Reject {
+        /// The hold's id (from `bottle approvals`).
+        id: String,
+        #[command(flatten)]
+        dir: approvals::QueueDir,
+        /// Why (required; recorded and shown to the agent).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +91,16 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo { seconds, json } => demo::run(seconds, json).await,
             Command::Proxy(args) => proxy::run(args).await,
+            Command::Approvals { dir, all, json } => approvals::list(&dir, all, json),
+            Command::Approve { id, dir, reason } => {
+                approvals::decide(&dir, &id, bottle_pipelock::approvals::Decision::Approve, reason)
+            }
+            Command::Reject { id, dir, reason } => approvals::decide(
+                &dir,
+                &id,
+                bottle_pipelock::approvals::Decision::Reject,
+                Some(reason),
+            ),
         }
     });
     match result {

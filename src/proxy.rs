@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use bottle_ca::{CaConfig, CertificateAuthority};
 use bottle_egress::routes::RouteTable;
-use bottle_egress::{Egress, EgressConfig, Placeholders};
+use bottle_egress::{DlpConfig, Egress, EgressConfig, Placeholders};
+use bottle_pipelock::approvals::{ApprovalClient, ApprovalStore, StoreArgs};
 
 /// Arguments of `bottle proxy`.
 #[derive(Debug, clap::Args)]
@@ -32,6 +33,13 @@ pub(crate) struct ProxyArgs {
     /// CA lifetime in days.
     #[arg(long, default_value_t = 7)]
     ca_days: u64,
+    /// Hold requests with secrets in this approval queue directory (see `bottle
+    /// approvals`); without it a hold is refused at once.
+    #[arg(long, value_name = "DIR")]
+    approvals: Option<PathBuf>,
+    /// How long a held request waits for a decision.
+    #[arg(long, default_value_t = 300)]
+    hold_timeout: u64,
 }
 
 fn load(path: &PathBuf) -> anyhow::Result<RouteTable> {
@@ -51,12 +59,34 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let ca = Arc::new(ca);
     tracing::info!(fingerprint = %ca.fingerprint(), "Minted the bottle CA.");
     let placeholders = Placeholders::generate(&table);
+    let mut dlp = DlpConfig { bottle: "proxy".into(), ..DlpConfig::default() };
+    let name = format!("approvals:{}", args.listen);
+    if args.approvals.is_some() {
+        dlp.approvals = Some(ApprovalClient {
+            store: name.clone(),
+            timeout: Duration::from_secs(args.hold_timeout),
+        });
+    }
     let config = EgressConfig {
         upstream_ca: args.upstream_ca.clone(),
         audit_log: args.audit_log.clone(),
+        dlp,
         ..EgressConfig::default()
     };
     let egress = Egress::new(table, ca.clone(), placeholders.clone(), config)?;
+    let mut store = None;
+    if let Some(dir) = &args.approvals {
+        let safelisting = egress.clone();
+        let store_args = StoreArgs {
+            dir: dir.clone(),
+            on_approve: Some(Arc::new(move |fps: &[String]| safelisting.approve_fingerprints(fps))),
+        };
+        let (actor, _) = ractor::Actor::spawn(Some(name), ApprovalStore, store_args)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the approval queue: {e}"))?;
+        store = Some(actor);
+        tracing::info!(dir = %dir.display(), "Holding requests with secrets for `bottle approve`.");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -118,5 +148,8 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     serve.abort();
+    if let Some(store) = store {
+        store.stop(None);
+    }
     Ok(ExitCode::SUCCESS)
 }

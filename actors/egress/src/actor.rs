@@ -11,11 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bottle_ca::{CaActor, CaArgs, CaConfig, CaMsg, CertificateAuthority};
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use bottle_pipelock::approvals::{ApprovalClient, ApprovalStore, StoreArgs};
+use ractor::{
+    Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
+};
 use tokio::task::JoinHandle;
 
 use crate::routes::RouteTable;
-use crate::{Egress, EgressConfig, Placeholders};
+use crate::{DlpConfig, Egress, EgressConfig, Placeholders};
 
 /// How the builtin runs (bottle-init's `[daemon.config]` table).
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -38,6 +41,24 @@ pub struct EgressSettings {
     /// CA lifetime in days.
     #[serde(default = "default_days")]
     pub ca_days: u64,
+    /// pipelock's approval queue directory (bind-mounted from the host). Without it,
+    /// requests a route would hold are refused at once.
+    #[serde(default)]
+    pub approvals: Option<PathBuf>,
+    /// How long a held request waits for a decision, in seconds.
+    #[serde(default = "default_hold_timeout")]
+    pub hold_timeout_seconds: u64,
+    /// This bottle's name in approval requests.
+    #[serde(default = "default_bottle")]
+    pub bottle: String,
+}
+
+fn default_hold_timeout() -> u64 {
+    300
+}
+
+fn default_bottle() -> String {
+    std::env::var("BOTTLE_NAME").unwrap_or_else(|_| "bottle".into())
 }
 
 fn default_listen() -> SocketAddr {
@@ -65,6 +86,28 @@ pub struct EgressState {
     egress: Egress,
     settings: EgressSettings,
     serve: JoinHandle<()>,
+    /// The approval store's registered name, when there is a queue.
+    store: Option<String>,
+}
+
+/// The approval store's registered name for an egress listening on `listen`.
+pub fn approval_store_name(listen: &SocketAddr) -> String {
+    format!("approvals:{listen}")
+}
+
+async fn spawn_store(
+    name: &str,
+    dir: &std::path::Path,
+    egress: &Egress,
+    supervisor: ActorCell,
+) -> Result<(), ActorProcessingErr> {
+    let safelisting = egress.clone();
+    let args = StoreArgs {
+        dir: dir.to_path_buf(),
+        on_approve: Some(Arc::new(move |fps: &[String]| safelisting.approve_fingerprints(fps))),
+    };
+    Actor::spawn_linked(Some(name.to_string()), ApprovalStore, args, supervisor).await?;
+    Ok(())
 }
 
 fn read_routes(path: &PathBuf) -> Result<RouteTable, String> {
@@ -102,17 +145,62 @@ impl Actor for EgressActor {
                 placeholders.env().into_iter().map(|(k, v)| format!("{k}={v}\n")).collect();
             std::fs::write(dir.join("placeholders.env"), env)?;
         }
+        // pipelock's approval queue: a store actor linked here (restarted if it dies; the
+        // journal keeps every hold), and the fingerprints approved earlier in this
+        // bottle's life back on the safelist.
+        let mut dlp = DlpConfig { bottle: settings.bottle.clone(), ..DlpConfig::default() };
+        let mut store = None;
+        if settings.approvals.is_some() {
+            let name = approval_store_name(&settings.listen);
+            dlp.approvals = Some(ApprovalClient {
+                store: name.clone(),
+                timeout: Duration::from_secs(settings.hold_timeout_seconds),
+            });
+            store = Some(name);
+        }
         let config = EgressConfig {
             upstream_ca: settings.upstream_ca.clone(),
             audit_log: settings.audit_log.clone(),
+            dlp,
             ..EgressConfig::default()
         };
         let egress = Egress::new(table, ca, placeholders, config)?;
+        if let (Some(name), Some(dir)) = (&store, &settings.approvals) {
+            // Replays the journal: approvals from earlier in the bottle's life go back on
+            // the safelist before the first request is served.
+            spawn_store(name, dir, &egress, myself.get_cell()).await?;
+        }
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;
         tracing::info!(listen = %settings.listen, "Egress proxy listening.");
         let serving = egress.clone();
         let serve = tokio::spawn(async move { serving.serve(listener).await });
-        Ok(EgressState { egress, settings, serve })
+        Ok(EgressState { egress, settings, serve, store })
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<EgressMsg>,
+        event: SupervisionEvent,
+        state: &mut EgressState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match &event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.clone().unwrap_or_else(|| "stopped".into()))
+            }
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            _ => return Ok(()),
+        };
+        match (&state.store, &state.settings.approvals) {
+            (Some(name), Some(dir)) if cell.get_name().as_deref() == Some(name.as_str()) => {
+                // Held requests wait on the store by name: a new one replays the journal
+                // and answers them.
+                tracing::warn!(%why, "The approval store stopped; restarting it.");
+                spawn_store(name, dir, &state.egress, myself.get_cell()).await
+            }
+            // The CA (or anything else linked here) is not restartable on its own: the
+            // proxy's TLS depends on it, so the proxy fails and its supervisor decides.
+            _ => Err(format!("a linked actor of the egress proxy ended: {why}").into()),
+        }
     }
 
     async fn handle(
@@ -143,6 +231,7 @@ impl Actor for EgressActor {
         state: &mut EgressState,
     ) -> Result<(), ActorProcessingErr> {
         state.serve.abort();
+        state.egress.shutdown();
         Ok(())
     }
 }

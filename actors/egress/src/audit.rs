@@ -46,6 +46,9 @@ pub struct AuditRecord {
     pub bytes_down: u64,
     /// Milliseconds from request to response head.
     pub duration_ms: f64,
+    /// pipelock's note: what it found (rules, locations, fingerprints) and did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dlp: Option<String>,
 }
 
 impl AuditRecord {
@@ -67,6 +70,7 @@ impl AuditRecord {
             bytes_up: 0,
             bytes_down: 0,
             duration_ms: 0.0,
+            dlp: None,
         }
     }
 }

@@ -11,13 +11,15 @@ mod actor;
 pub mod addr;
 pub mod audit;
 pub mod dial;
+pub mod dlp;
 mod framing;
 pub mod policy;
 mod proxy;
 pub mod routes;
 pub mod sni;
 
-pub use actor::{EgressActor, EgressFactory, EgressMsg, EgressSettings};
+pub use actor::{EgressActor, EgressFactory, EgressMsg, EgressSettings, approval_store_name};
+pub use dlp::DlpConfig;
 pub use proxy::{Egress, EgressConfig, EgressError, Placeholders};
 
 pub(crate) use bottle_runtime::error_chain;

@@ -27,8 +27,11 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use bottle_pipelock::{KnownSecret, Pipelock, Safelist};
+
 use crate::audit::{Audit, AuditRecord};
 use crate::dial;
+use crate::dlp::{self, DlpConfig, InboundVerdict, Outgoing};
 use crate::framing::{Sniffed, Verdicts};
 use crate::policy::{self, Canaries, RequestHead, Verdict};
 use crate::routes::{AuthScheme, RouteTable, normalize_host};
@@ -39,14 +42,14 @@ type Body = BoxBody<Bytes, hyper::Error>;
 /// A body that counts its bytes and runs `on_done` with the count once, when it ends or
 /// is dropped (a client that hangs up mid-download still gets its audit line).
 struct Metered {
-    inner: Incoming,
+    inner: Body,
     bytes: Arc<std::sync::atomic::AtomicU64>,
     on_done: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
 }
 
 impl Metered {
     fn new(
-        inner: Incoming,
+        inner: Body,
         bytes: Arc<std::sync::atomic::AtomicU64>,
         on_done: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
     ) -> Metered {
@@ -122,6 +125,9 @@ pub enum EgressError {
     /// TLS configuration failed.
     #[error("tls configuration: {0}")]
     Tls(String),
+    /// pipelock's rules did not compile.
+    #[error("dlp: {0}")]
+    Dlp(String),
 }
 
 /// How the proxy runs.
@@ -136,6 +142,8 @@ pub struct EgressConfig {
     pub response_timeout: Duration,
     /// JSON-lines audit file.
     pub audit_log: Option<PathBuf>,
+    /// pipelock: approval queue and scan limits.
+    pub dlp: DlpConfig,
 }
 
 impl Default for EgressConfig {
@@ -145,6 +153,7 @@ impl Default for EgressConfig {
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(120),
             audit_log: None,
+            dlp: DlpConfig::default(),
         }
     }
 }
@@ -189,6 +198,9 @@ impl Placeholders {
 struct Live {
     table: RouteTable,
     canaries: Canaries,
+    pipelock: Arc<Pipelock>,
+    /// `known-secret:<name>` rule -> hosts that may receive that secret (its routes).
+    known_owners: Vec<(String, Vec<String>)>,
 }
 
 struct Shared {
@@ -199,9 +211,27 @@ struct Shared {
     client_tls: Arc<rustls::ClientConfig>,
     audit: Audit,
     config: EgressConfig,
+    safelist: Safelist,
+    /// Set once by [`Egress::shutdown`]: every connection task ends.
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
+    /// Runs `work` on its own task until it ends or the proxy shuts down (then it is
+    /// dropped: its sockets close, a held request is refused by disconnection).
+    fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut stop = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            if *stop.borrow() {
+                return;
+            }
+            tokio::select! {
+                () = work => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
+
     fn live(&self) -> Arc<Live> {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -219,10 +249,40 @@ impl std::fmt::Debug for Egress {
     }
 }
 
-fn live(table: RouteTable, placeholders: &Placeholders) -> Live {
+fn live(
+    table: RouteTable,
+    placeholders: &Placeholders,
+    safelist: &Safelist,
+) -> Result<Live, EgressError> {
     let mut canaries = table.tokens();
     canaries.extend(placeholders.entries.iter().map(|(_, p, hosts)| (p.clone(), hosts.clone())));
-    Live { table, canaries: Canaries::new(canaries) }
+    // pipelock knows every real token and every placeholder by its `token_ref`.
+    let mut known: Vec<KnownSecret> = Vec::new();
+    let mut known_owners: Vec<(String, Vec<String>)> = Vec::new();
+    for route in table.routes() {
+        let (Some(auth), Some(token)) = (&route.spec.auth, route.token()) else { continue };
+        let rule = format!("known-secret:{}", auth.token_ref);
+        match known_owners.iter_mut().find(|(r, _)| *r == rule) {
+            Some((_, hosts)) => hosts.push(route.host.clone()),
+            None => {
+                known.push(KnownSecret { name: auth.token_ref.clone(), value: token.to_string() });
+                known_owners.push((rule, vec![route.host.clone()]));
+            }
+        }
+    }
+    for (token_ref, placeholder, hosts) in &placeholders.entries {
+        let name = format!("{token_ref}-placeholder");
+        known_owners.push((format!("known-secret:{name}"), hosts.clone()));
+        known.push(KnownSecret { name, value: placeholder.clone() });
+    }
+    let pipelock = Pipelock::with_safelist(table.dlp_rules(), &known, safelist.clone())
+        .map_err(|e| EgressError::Dlp(e.to_string()))?;
+    Ok(Live {
+        table,
+        canaries: Canaries::new(canaries),
+        pipelock: Arc::new(pipelock),
+        known_owners,
+    })
 }
 
 impl Egress {
@@ -265,9 +325,13 @@ impl Egress {
             .with_no_client_auth();
         client_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let audit = Audit::open(config.audit_log.clone()).map_err(EgressError::Audit)?;
+        let safelist = Safelist::default();
+        let live = live(table, &placeholders, &safelist)?;
         Ok(Egress {
             shared: Arc::new(Shared {
-                live: RwLock::new(Arc::new(live(table, &placeholders))),
+                live: RwLock::new(Arc::new(live)),
+                safelist,
+                shutdown: tokio::sync::watch::Sender::new(false),
                 ca,
                 placeholders,
                 server_tls: Arc::new(server_tls),
@@ -288,9 +352,22 @@ impl Egress {
                 tracing::warn!(%host, "New intercepted host is outside the CA's name constraints: HTTPS to it is refused until restart.");
             }
         }
-        let new = Arc::new(live(table, &self.shared.placeholders));
+        let new = Arc::new(live(table, &self.shared.placeholders, &self.shared.safelist)?);
         *self.shared.live.write().unwrap_or_else(|p| p.into_inner()) = new;
         Ok(())
+    }
+
+    /// Ends every connection (the listener loop ends with its task): in-flight and held
+    /// requests are dropped, never forwarded.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Marks fingerprints approved for the bottle's lifetime (restored from the
+    /// approval journal at start).
+    pub fn approve_fingerprints(&self, fingerprints: &[String]) {
+        let mut safe = self.shared.safelist.write().unwrap_or_else(|p| p.into_inner());
+        safe.extend(fingerprints.iter().cloned());
     }
 
     /// The audit trail.
@@ -298,10 +375,16 @@ impl Egress {
         &self.shared.audit
     }
 
-    /// Accepts connections until the listener fails or the task is dropped.
+    /// Accepts connections until the listener fails, the task is dropped or the proxy
+    /// shuts down.
     pub async fn serve(&self, listener: TcpListener) {
+        let mut stop = self.shared.shutdown.subscribe();
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let (stream, peer) = match accepted {
                 Ok(ok) => ok,
                 Err(err) => {
                     tracing::warn!(error = %err, "Accept failed.");
@@ -311,7 +394,7 @@ impl Egress {
             };
             let _ = stream.set_nodelay(true);
             let shared = self.shared.clone();
-            tokio::spawn(async move {
+            self.shared.clone().spawn(async move {
                 // Upstream connections for plain-HTTP requests are reused per client
                 // connection and upstream host.
                 let plain: Arc<PlainPools> = Arc::default();
@@ -371,6 +454,29 @@ fn conflict() -> Response<Body> {
     );
     resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
+}
+
+/// Audits `record` as a block with `reason` and answers `status`.
+fn refuse_with(
+    shared: &Shared,
+    mut record: AuditRecord,
+    status: StatusCode,
+    reason: String,
+) -> Response<Body> {
+    record.verdict = "block";
+    record.status = status.as_u16();
+    record.reason = Some(reason.clone());
+    shared.audit.record(record);
+    text(status, format!("bottle: blocked: {reason}\n"))
+}
+
+/// An audit note for DLP detections: rules, locations, spellings and fingerprints.
+fn dlp_note(action: &str, detections: &[bottle_pipelock::Detection]) -> String {
+    let items: Vec<String> = detections
+        .iter()
+        .map(|d| format!("{} in {} ({}, fp {})", d.rule, d.location, d.encoding, d.fingerprint))
+        .collect();
+    format!("{action}: {}", items.join("; "))
 }
 
 fn blocked(reason: &str) -> Response<Body> {
@@ -490,7 +596,8 @@ async fn connect(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     let pinned = route.connect_addr(port);
     let route_host = route.host.clone();
     drop(live);
-    tokio::spawn(async move {
+    let spawner = shared.clone();
+    spawner.spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 if passthrough {
@@ -686,7 +793,7 @@ async fn forward(
     };
     let verdict = policy::decide(&live.table, &live.canaries, &head);
     let mut record = AuditRecord::now(&method, &ctx.host, &raw_path);
-    let (host, path_and_query) = match verdict {
+    let (host, mut path_and_query) = match verdict {
         Verdict::Introspect => {
             let body = if raw_path.starts_with("/audit") {
                 serde_json::to_string_pretty(&shared.audit.recent()).unwrap_or_default()
@@ -738,6 +845,81 @@ async fn forward(
     // The agent's credentials never leave; the route's real one is added here.
     parts.headers.remove(header::AUTHORIZATION);
     parts.headers.remove(header::PROXY_AUTHORIZATION);
+    // pipelock, outbound: the host, URL, headers (but the credential ones the proxy
+    // removes or injects) and the buffered body, under the route's policy.
+    let policy = route.dlp();
+    let mut body: Body = body.boxed();
+    if policy.outbound.any() {
+        let mut bytes = Bytes::new();
+        let had_body = !hyper::body::Body::is_end_stream(&body);
+        if had_body {
+            match dlp::collect_limited(body, shared.config.dlp.max_request_body).await {
+                Ok(Some(b)) => bytes = b,
+                Ok(None) => {
+                    let reason = format!(
+                        "the request body exceeds the DLP scan limit ({} bytes)",
+                        shared.config.dlp.max_request_body
+                    );
+                    record.status = 413;
+                    return refuse_with(&shared, record, StatusCode::PAYLOAD_TOO_LARGE, reason);
+                }
+                Err(_) => {
+                    record.status = 400;
+                    return refuse_with(
+                        &shared,
+                        record,
+                        StatusCode::BAD_REQUEST,
+                        "malformed request body".into(),
+                    );
+                }
+            }
+        }
+        let mut skip = vec![header::AUTHORIZATION, header::PROXY_AUTHORIZATION];
+        if let Some(name) = route
+            .spec
+            .auth
+            .as_ref()
+            .and_then(|a| a.header.as_deref())
+            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+        {
+            skip.push(name);
+        }
+        // A route's own credential (or its placeholder) going to that route is expected.
+        let own: Vec<String> = live
+            .known_owners
+            .iter()
+            .filter(|(_, hosts)| hosts.contains(&host))
+            .map(|(rule, _)| rule.clone())
+            .collect();
+        let outgoing = Outgoing {
+            own: &own,
+            method: &method,
+            host: &host,
+            path_and_query: &mut path_and_query,
+            headers: &mut parts.headers,
+            body: &mut bytes,
+            skip: &skip,
+        };
+        match dlp::inspect_request(&live.pipelock, &shared.config.dlp, &policy, outgoing).await {
+            Ok(passed) => {
+                if !passed.detections.is_empty() {
+                    record.dlp = Some(dlp_note(&passed.action, &passed.detections));
+                }
+            }
+            Err(refusal) => {
+                record.dlp = Some(dlp_note("blocked", &refusal.detections));
+                record.alarm = !refusal.detections.is_empty();
+                // The URL may hold the secret: the audit keeps the redacted form only.
+                record.path = "[withheld: dlp]".into();
+                record.status = refusal.status.as_u16();
+                return refuse_with(&shared, record, refusal.status, refusal.reason);
+            }
+        }
+        if had_body && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        }
+        body = Full::new(bytes).map_err(|never| match never {}).boxed();
+    }
     if let (Some(auth), Some(token)) = (&route.spec.auth, route.token()) {
         let (name, value) = match auth.scheme {
             AuthScheme::Bearer => (header::AUTHORIZATION, format!("Bearer {token}")),
@@ -777,6 +959,7 @@ async fn forward(
     };
     parts.version = Version::HTTP_11;
     let pinned = route.connect_addr(ctx.port);
+    let live_pipelock = live.pipelock.clone();
     drop(live);
     let bytes_up = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let upstream_req = Request::from_parts(parts, Metered::new(body, bytes_up.clone(), None));
@@ -805,7 +988,7 @@ async fn forward(
     })
     .await;
     let mut resp = match sent {
-        Ok(Ok(resp)) => resp,
+        Ok(Ok(resp)) => resp.map(|b| b.boxed()),
         Ok(Err(err)) if err.is_user() => {
             // The agent's own body failed (broken chunking, reset mid-body): its fault.
             record.verdict = "block";
@@ -833,10 +1016,70 @@ async fn forward(
         }
     };
     let upgraded = websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    // pipelock, inbound: text responses are buffered and scanned whole; event streams
+    // are scanned event by event (below, as the body streams).
+    let sse = !upgraded && policy.inbound && dlp::event_stream(resp.headers());
+    if !upgraded && policy.inbound && !sse && dlp::text_like(resp.headers()) {
+        let (mut rparts, rbody) = resp.into_parts();
+        let coding = rparts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = match dlp::collect_limited(rbody, shared.config.dlp.max_response_body).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                record.verdict = "block";
+                record.status = 502;
+                let reason = format!(
+                    "the response exceeds the DLP scan limit ({} bytes)",
+                    shared.config.dlp.max_response_body
+                );
+                record.reason = Some(reason.clone());
+                shared.audit.record(record);
+                return text(StatusCode::BAD_GATEWAY, format!("bottle: blocked: {reason}\n"));
+            }
+            Err(err) => {
+                record.verdict = "error";
+                record.status = 502;
+                record.reason = Some(format!("upstream body failed: {err}"));
+                shared.audit.record(record);
+                return text(StatusCode::BAD_GATEWAY, format!("bottle: upstream error: {err}\n"));
+            }
+        };
+        match dlp::inspect_response(
+            &live_pipelock,
+            &shared.config.dlp,
+            &policy,
+            coding,
+            bytes.clone(),
+        )
+        .await
+        {
+            InboundVerdict::Block(why) => {
+                record.verdict = "block";
+                record.status = 403;
+                record.alarm = true;
+                record.reason = Some(why.clone());
+                shared.audit.record(record);
+                return blocked(&why);
+            }
+            InboundVerdict::Forward(findings) => {
+                if let Some(f) = findings.first() {
+                    record.dlp = Some(format!("inbound warning: {} ({:?})", f.rule, f.confidence));
+                    tracing::warn!(host = %host, rule = f.rule, "Possible prompt injection in a response (forwarded).");
+                }
+            }
+        }
+        rparts.headers.remove(header::TRANSFER_ENCODING);
+        rparts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        resp =
+            Response::from_parts(rparts, Full::new(bytes).map_err(|never| match never {}).boxed());
+    }
     if upgraded {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         if let Some(client_upgrade) = client_upgrade {
-            tokio::spawn(async move {
+            shared.spawn(async move {
                 if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
                     let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(upstream));
                     let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
@@ -869,7 +1112,26 @@ async fn forward(
         record.bytes_down = down;
         audit_shared.audit.record(record);
     });
+    if sse {
+        // Events are held back, dropped or replaced: the length is no longer known.
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    let sse_scan = sse.then(|| (live_pipelock.clone(), shared.clone(), host.clone()));
     resp.map(|b| {
+        let b = match sse_scan {
+            Some((pipelock, shared, host)) => {
+                let on_finding: Box<dyn Fn(&str) + Send + Sync> = Box::new(move |why| {
+                    let mut note = AuditRecord::now("SSE", &host, "");
+                    note.verdict = if why.starts_with("warning") { "warn" } else { "block" };
+                    note.alarm = note.verdict == "block";
+                    note.status = 200;
+                    note.reason = Some(why.to_string());
+                    shared.audit.record(note);
+                });
+                dlp::SseScan::new(b, pipelock, policy, on_finding).boxed()
+            }
+            None => b,
+        };
         Metered::new(b, Arc::new(std::sync::atomic::AtomicU64::new(0)), Some(on_done)).boxed()
     })
 }

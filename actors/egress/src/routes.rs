@@ -32,6 +32,18 @@ pub enum RoutesError {
 #[serde(deny_unknown_fields)]
 struct RoutesFile {
     routes: Vec<RouteSpec>,
+    /// File-wide DLP settings: the operator's own rules.
+    #[serde(default)]
+    dlp: Option<FileDlp>,
+}
+
+/// The routes file's top-level `dlp:` block.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileDlp {
+    /// Extra credential rules, compiled next to the built-in ones.
+    #[serde(default)]
+    rules: Vec<bottle_pipelock::RuleDef>,
 }
 
 /// One route as written.
@@ -203,18 +215,50 @@ pub enum OnMatch {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DlpSpec {
-    /// Outbound detectors (`token_patterns`, `known_secrets`).
+    /// Outbound detectors (`token_patterns`, `known_secrets`), or `false` for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outbound_detectors: Option<Vec<String>>,
-    /// Inbound detectors (`naive_injection_detection`).
+    pub outbound_detectors: Option<DetectorList>,
+    /// Inbound detectors (`naive_injection_detection`), or `false` for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inbound_detectors: Option<Vec<String>>,
+    pub inbound_detectors: Option<DetectorList>,
     /// On an outbound finding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_on_match: Option<OnMatch>,
     /// On an inbound finding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_on_match: Option<OnMatch>,
+}
+
+/// A detector list as written: names, or `false` for none (as in the reference schema).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum DetectorList {
+    /// These detectors.
+    Names(Vec<String>),
+    /// `false`: none (`true` is refused: name them).
+    Off(bool),
+}
+
+impl DetectorList {
+    fn names(&self) -> &[String] {
+        match self {
+            DetectorList::Names(n) => n,
+            DetectorList::Off(_) => &[],
+        }
+    }
+}
+
+/// A route's DLP policy with the defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteDlp {
+    /// Outbound detectors that run.
+    pub outbound: bottle_pipelock::Detectors,
+    /// Inbound injection detection runs.
+    pub inbound: bool,
+    /// On an outbound finding: block, redact or hold (default hold).
+    pub on_outbound: OnMatch,
+    /// On a high-confidence inbound finding: block or warn (default block).
+    pub on_inbound: OnMatch,
 }
 
 /// Git over HTTPS on a route.
@@ -246,6 +290,7 @@ pub struct Route {
 pub struct RouteTable {
     routes: Vec<Route>,
     by_host: HashMap<String, usize>,
+    dlp_rules: Vec<bottle_pipelock::RuleDef>,
 }
 
 const OUTBOUND: &[&str] = &["token_patterns", "known_secrets"];
@@ -265,6 +310,12 @@ impl RouteTable {
         let file: RoutesFile = serde_saphyr::from_str(text)
             .map_err(|e| RoutesError::Parse(first_line(&e.to_string())))?;
         let mut table = RouteTable::default();
+        if let Some(dlp) = file.dlp {
+            // Compiled here so a bad rule refuses the file (and a reload keeps the old one).
+            bottle_pipelock::Pipelock::new(&dlp.rules, &[])
+                .map_err(|e| RoutesError::Parse(format!("dlp.rules: {e}")))?;
+            table.dlp_rules = dlp.rules;
+        }
         for spec in file.routes {
             let route = compile(spec, env)?;
             if table.by_host.contains_key(&route.host) {
@@ -287,6 +338,11 @@ impl RouteTable {
     /// Every route.
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// The operator's extra DLP rules.
+    pub fn dlp_rules(&self) -> &[bottle_pipelock::RuleDef] {
+        &self.dlp_rules
     }
 
     /// Hosts that are TLS-intercepted (everything but passthrough routes).
@@ -372,7 +428,12 @@ fn compile(spec: RouteSpec, env: &dyn Fn(&str) -> Option<String>) -> Result<Rout
         }
     }
     if let Some(dlp) = &spec.dlp {
-        for d in dlp.outbound_detectors.iter().flatten() {
+        for list in [&dlp.outbound_detectors, &dlp.inbound_detectors].into_iter().flatten() {
+            if *list == DetectorList::Off(true) {
+                return Err(bad("detectors take a list of names or `false`".into()));
+            }
+        }
+        for d in dlp.outbound_detectors.iter().flat_map(DetectorList::names) {
             if !OUTBOUND.contains(&d.as_str()) {
                 return Err(bad(format!(
                     "unknown outbound detector {d:?} (known: {})",
@@ -380,7 +441,7 @@ fn compile(spec: RouteSpec, env: &dyn Fn(&str) -> Option<String>) -> Result<Rout
                 )));
             }
         }
-        for d in dlp.inbound_detectors.iter().flatten() {
+        for d in dlp.inbound_detectors.iter().flat_map(DetectorList::names) {
             if !INBOUND.contains(&d.as_str()) {
                 return Err(bad(format!(
                     "unknown inbound detector {d:?} (known: {})",
@@ -435,6 +496,29 @@ pub const VALID_METHODS: &[&str] =
     &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
 
 impl Route {
+    /// The DLP policy with defaults: every detector on, outbound findings held for
+    /// approval, high-confidence inbound findings blocked.
+    pub fn dlp(&self) -> RouteDlp {
+        let spec = self.spec.dlp.clone().unwrap_or_default();
+        let outbound = match &spec.outbound_detectors {
+            None => bottle_pipelock::Detectors::ALL,
+            Some(list) => bottle_pipelock::Detectors {
+                token_patterns: list.names().iter().any(|n| n == "token_patterns"),
+                known_secrets: list.names().iter().any(|n| n == "known_secrets"),
+            },
+        };
+        let inbound = match &spec.inbound_detectors {
+            None => true,
+            Some(list) => list.names().iter().any(|n| n == "naive_injection_detection"),
+        };
+        RouteDlp {
+            outbound,
+            inbound,
+            on_outbound: spec.outbound_on_match.unwrap_or(OnMatch::Hold),
+            on_inbound: spec.inbound_on_match.unwrap_or(OnMatch::Block),
+        }
+    }
+
     /// The operator-pinned address for a request to `port`: `connect: ip:port` pins both,
     /// `connect: ip` pins the address and keeps the requested port.
     pub fn connect_addr(&self, port: u16) -> Option<std::net::SocketAddr> {

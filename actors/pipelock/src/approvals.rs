@@ -348,11 +348,26 @@ pub enum Outcome {
     },
 }
 
+/// The store's answer to a submission.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// Journaled: wait for the decision.
+    Held {
+        /// Its id.
+        id: String,
+        /// Unix seconds.
+        expires_at: f64,
+    },
+    /// Every fingerprint was approved earlier (the safelist had not caught up yet).
+    AlreadyApproved,
+}
+
 /// Everything the store actor can be asked. Closed on purpose.
 #[derive(Debug)]
 pub enum ApprovalMsg {
-    /// Journal a new hold; answers its id and expiry (unix seconds).
-    Submit(HoldRequest, Duration, RpcReplyPort<Result<(String, f64), String>>),
+    /// Journal a new hold; answers its id and expiry (unix seconds), or that every
+    /// fingerprint in it was already approved (no new hold).
+    Submit(HoldRequest, Duration, RpcReplyPort<Result<Submitted, String>>),
     /// Answer when hold `id` is decided (at once if it already is).
     Await(String, RpcReplyPort<Option<(Decision, Option<String>)>>),
     /// Read decisions the host appended; expire overdue holds.
@@ -368,9 +383,34 @@ type AnswerPort = RpcReplyPort<Option<(Decision, Option<String>)>>;
 #[derive(Debug)]
 pub struct ApprovalStore;
 
+/// Called with the fingerprints of every approval the store sees (including ones made
+/// while no request waited, e.g. after a restart), to put them on the safelist.
+pub type OnApprove = std::sync::Arc<dyn Fn(&[String]) + Send + Sync>;
+
+/// What the store starts from.
+#[derive(Clone)]
+pub struct StoreArgs {
+    /// The queue directory.
+    pub dir: PathBuf,
+    /// Safelist hook.
+    pub on_approve: Option<OnApprove>,
+}
+
+impl std::fmt::Debug for StoreArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreArgs").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl From<PathBuf> for StoreArgs {
+    fn from(dir: PathBuf) -> StoreArgs {
+        StoreArgs { dir, on_approve: None }
+    }
+}
+
 /// Its state.
-#[derive(Debug)]
 pub struct StoreState {
+    on_approve: Option<OnApprove>,
     journal: Journal,
     offset: u64,
     entries: Vec<Entry>,
@@ -378,15 +418,41 @@ pub struct StoreState {
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for StoreState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreState").field("journal", &self.journal).finish_non_exhaustive()
+    }
+}
+
 impl StoreState {
     fn held(&self) -> Vec<Held> {
         replay(&self.entries)
     }
 
+    fn absorb(&mut self, entries: Vec<Entry>) {
+        if let Some(hook) = &self.on_approve {
+            let before = replay(&self.entries);
+            let mut all = self.entries.clone();
+            all.extend(entries.iter().cloned());
+            let newly: Vec<Held> = replay(&all)
+                .into_iter()
+                .filter(|h| matches!(h.decision, Some((Decision::Approve, _))))
+                .filter(|h| !before.iter().any(|b| b.id == h.id && b.decision.is_some()))
+                .collect();
+            let fps = approved_fingerprints(&newly);
+            if !fps.is_empty() {
+                hook(&fps);
+            }
+        }
+        self.entries.extend(entries);
+    }
+
     fn catch_up(&mut self) {
         match self.journal.read_from(self.offset) {
             Ok((entries, offset)) => {
-                self.entries.extend(entries);
+                if !entries.is_empty() {
+                    self.absorb(entries);
+                }
                 self.offset = offset;
             }
             Err(err) => tracing::warn!(error = %err, "Cannot read the approval journal."),
@@ -399,7 +465,9 @@ impl StoreState {
             }
         }
         if let Ok((entries, offset)) = self.journal.read_from(self.offset) {
-            self.entries.extend(entries);
+            if !entries.is_empty() {
+                self.absorb(entries);
+            }
             self.offset = offset;
         }
         let held = self.held();
@@ -420,19 +488,32 @@ impl StoreState {
 impl Actor for ApprovalStore {
     type Msg = ApprovalMsg;
     type State = StoreState;
-    type Arguments = PathBuf;
+    type Arguments = StoreArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<ApprovalMsg>,
-        dir: PathBuf,
+        args: StoreArgs,
     ) -> Result<StoreState, ActorProcessingErr> {
-        let journal = Journal::open(&dir)?;
+        let journal = Journal::open(&args.dir)?;
         let (entries, offset) = journal.read_from(0)?;
         let pending = replay(&entries).iter().filter(|h| h.decision.is_none()).count();
         tracing::info!(journal = %journal.path().display(), pending, "Approval queue open.");
         let ticker = myself.send_interval(POLL, || ApprovalMsg::Tick);
-        Ok(StoreState { journal, offset, entries, waiters: HashMap::new(), ticker: Some(ticker) })
+        if let Some(hook) = &args.on_approve {
+            let fps = approved_fingerprints(&replay(&entries));
+            if !fps.is_empty() {
+                hook(&fps);
+            }
+        }
+        Ok(StoreState {
+            on_approve: args.on_approve,
+            journal,
+            offset,
+            entries,
+            waiters: HashMap::new(),
+            ticker: Some(ticker),
+        })
     }
 
     async fn handle(
@@ -443,9 +524,21 @@ impl Actor for ApprovalStore {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ApprovalMsg::Submit(request, timeout, reply) => {
-                let result = state.journal.hold(request, timeout).map_err(|e| e.to_string());
                 state.catch_up();
-                let _ = reply.send(result.map(|h| (h.id, h.expires_at)));
+                let approved = approved_fingerprints(&state.held());
+                let covered = !request.detections.is_empty()
+                    && request.detections.iter().all(|d| approved.contains(&d.fingerprint));
+                let result = if covered {
+                    Ok(Submitted::AlreadyApproved)
+                } else {
+                    state
+                        .journal
+                        .hold(request, timeout)
+                        .map(|h| Submitted::Held { id: h.id, expires_at: h.expires_at })
+                        .map_err(|e| e.to_string())
+                };
+                state.catch_up();
+                let _ = reply.send(result);
             }
             ApprovalMsg::Await(id, reply) => {
                 state.catch_up();
@@ -516,7 +609,10 @@ impl ApprovalClient {
                 .call(|reply| ApprovalMsg::Submit(request.clone(), self.timeout, reply), Some(left))
                 .await
             {
-                Ok(ractor::rpc::CallResult::Success(Ok((id, _)))) => break id,
+                Ok(ractor::rpc::CallResult::Success(Ok(Submitted::Held { id, .. }))) => break id,
+                Ok(ractor::rpc::CallResult::Success(Ok(Submitted::AlreadyApproved))) => {
+                    return Outcome::Approved { id: "safelisted".into() };
+                }
                 Ok(ractor::rpc::CallResult::Success(Err(why))) => {
                     return Outcome::Refused {
                         id: None,

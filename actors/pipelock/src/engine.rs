@@ -9,7 +9,7 @@
 //! joined fields) cannot be redacted and must be blocked.
 
 use std::collections::HashSet;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use crate::hostname::suspicious_hostname;
 use crate::injection::{InjectionFinding, InjectionScanner};
@@ -106,8 +106,12 @@ pub const REDACTED: &str = "REDACTED";
 pub struct Pipelock {
     scanner: Scanner,
     injection: InjectionScanner,
-    safelist: RwLock<HashSet<String>>,
+    safelist: Safelist,
 }
+
+/// Approved fingerprints, shared by every generation of the pipeline (reloads rebuild
+/// the rules and known secrets; approvals stay for the bottle's lifetime).
+pub type Safelist = Arc<RwLock<HashSet<String>>>;
 
 impl std::fmt::Debug for Pipelock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,22 +125,19 @@ impl std::fmt::Debug for Pipelock {
 impl Pipelock {
     /// Built-in rules plus `extra` (from the manifest), and `known` secrets.
     pub fn new(extra: &[RuleDef], known: &[KnownSecret]) -> Result<Pipelock, PipelockError> {
+        Pipelock::with_safelist(extra, known, Safelist::default())
+    }
+
+    /// Like [`Pipelock::new`], sharing an existing safelist (after a route reload).
+    pub fn with_safelist(
+        extra: &[RuleDef],
+        known: &[KnownSecret],
+        safelist: Safelist,
+    ) -> Result<Pipelock, PipelockError> {
         let mut defs: Vec<RuleDef> = BUILTIN.iter().map(RuleDef::from).collect();
         defs.extend(extra.iter().cloned());
         let scanner = Scanner::with_literals(&defs, crate::known::literals(known))?;
-        Ok(Pipelock { scanner, injection: InjectionScanner::new(), safelist: RwLock::default() })
-    }
-
-    /// Same rules and safelist with a new set of known secrets (after a route reload).
-    pub fn with_known(
-        &self,
-        extra: &[RuleDef],
-        known: &[KnownSecret],
-    ) -> Result<Pipelock, PipelockError> {
-        let next = Pipelock::new(extra, known)?;
-        let safe = self.safelist.read().unwrap_or_else(|p| p.into_inner()).clone();
-        *next.safelist.write().unwrap_or_else(|p| p.into_inner()) = safe;
-        Ok(next)
+        Ok(Pipelock { scanner, injection: InjectionScanner::new(), safelist })
     }
 
     /// Number of pattern rules.

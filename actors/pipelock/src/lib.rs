@@ -31,7 +31,9 @@ mod rules;
 mod scanner;
 
 pub use decode::{DecodeError, decode_body};
-pub use engine::{Detection, Detectors, Location, Pipelock, PipelockError, REDACTED, redact};
+pub use engine::{
+    Detection, Detectors, Location, Pipelock, PipelockError, REDACTED, Safelist, redact,
+};
 pub use hostname::suspicious_hostname;
 pub use injection::{Confidence, InjectionFinding, InjectionScanner, phrase_rule_ids};
 pub use known::{KnownSecret, MIN_KNOWN_LEN, base64_encode};

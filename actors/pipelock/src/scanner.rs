@@ -334,9 +334,20 @@ impl Scanner {
                 if !rule.regex.is_match(slice) {
                     continue;
                 }
-                for caps in rule.regex.captures_iter(slice) {
-                    let Some(m) = caps.name("s").or_else(|| caps.get(0)) else { continue };
+                // Resume after the secret, not after the whole match: a boundary
+                // character that ended one match may start the next (two tokens with
+                // one space between them are two findings).
+                let mut at = 0;
+                while at <= slice.len() {
+                    let Some(caps) = rule.regex.captures_at(slice, at) else { break };
+                    let Some(whole) = caps.get(0) else { break };
+                    let m = caps.name("s").unwrap_or(whole);
                     self.check(rule, m.as_str(), start + m.start(), start + m.end(), &mut findings);
+                    let next = if m.end() > at { m.end() } else { whole.end() };
+                    at = if next > at { next } else { ceil_boundary(slice, at + 1) };
+                    if at == slice.len() && whole.end() == slice.len() {
+                        break;
+                    }
                 }
             }
         }

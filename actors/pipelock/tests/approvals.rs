@@ -18,6 +18,10 @@ fn dir(name: &str) -> PathBuf {
 }
 
 fn request() -> HoldRequest {
+    request_with("00112233aabbccdd")
+}
+
+fn request_with(fingerprint: &str) -> HoldRequest {
     HoldRequest {
         bottle: "test".into(),
         method: "POST".into(),
@@ -29,7 +33,7 @@ fn request() -> HoldRequest {
             encoding: "raw".into(),
             span: Some((10, 50)),
             excerpt: "ghp_************".into(),
-            fingerprint: "00112233aabbccdd".into(),
+            fingerprint: fingerprint.into(),
         }],
     }
 }
@@ -101,7 +105,7 @@ async fn store(
     d: &std::path::Path,
 ) -> ractor::ActorRef<bottle_pipelock::approvals::ApprovalMsg> {
     let (actor, _) =
-        Actor::spawn(Some(name.to_string()), ApprovalStore, d.to_path_buf()).await.unwrap();
+        Actor::spawn(Some(name.to_string()), ApprovalStore, d.to_path_buf().into()).await.unwrap();
     actor
 }
 
@@ -130,8 +134,10 @@ async fn approve_releases_and_reject_refuses_with_the_reason() {
     journal.decide(&id, Decision::Approve, None, "operator").unwrap();
     assert_eq!(waiting.await.unwrap(), Outcome::Approved { id });
 
+    // The same fingerprint again is already approved: no new hold.
+    assert_eq!(client.hold(request()).await, Outcome::Approved { id: "safelisted".into() });
     let c = client.clone();
-    let waiting = tokio::spawn(async move { c.hold(request()).await });
+    let waiting = tokio::spawn(async move { c.hold(request_with("ffeeddccbbaa9988")).await });
     let id = pending_id(&journal).await;
     journal.decide(&id, Decision::Reject, Some("not this one".into()), "operator").unwrap();
     match waiting.await.unwrap() {

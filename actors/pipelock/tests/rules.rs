@@ -190,3 +190,14 @@ fn clean_prose_and_code_find_nothing() {
     let findings = scanner.scan(text);
     assert!(findings.is_empty(), "{findings:?}");
 }
+
+#[test]
+fn adjacent_secrets_separated_by_one_character_are_each_found() {
+    let scanner = Scanner::builtin();
+    let a = format!("ghp_{}", "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8");
+    let b = format!("ghp_{}", "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2");
+    for sep in [" ", ",", "\n", "\""] {
+        let found = scanner.scan(&format!("{a}{sep}{b}"));
+        assert_eq!(found.len(), 2, "{sep:?}: {found:?}");
+    }
+}

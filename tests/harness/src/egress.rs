@@ -21,9 +21,32 @@ pub fn echo_json(
     path: &str,
     version: &str,
     headers: &[(String, String)],
-    body_len: usize,
+    body: &[u8],
 ) -> String {
-    serde_json::json!({ "method": method, "path": path, "version": version, "headers": headers, "body_len": body_len }).to_string()
+    let text: String = String::from_utf8_lossy(&body[..body.len().min(64 << 10)]).into_owned();
+    serde_json::json!({ "method": method, "path": path, "version": version, "headers": headers, "body_len": body.len(), "body": text }).to_string()
+}
+
+/// The echo upstream's canned answer: `x-respond-body` (with `\n` for newlines) as the
+/// body, `x-respond-type` as its content type, gzip-encoded if `x-respond-gzip` is set.
+fn canned(headers: &hyper::HeaderMap) -> Option<hyper::Response<Full<Bytes>>> {
+    let body = headers.get("x-respond-body")?.to_str().ok()?.replace("\\n", "\n");
+    let kind = headers
+        .get("x-respond-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/plain")
+        .to_string();
+    let mut resp = hyper::Response::builder().header("content-type", kind);
+    let bytes = if headers.contains_key("x-respond-gzip") {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(body.as_bytes()).ok()?;
+        resp = resp.header("content-encoding", "gzip");
+        gz.finish().ok()?
+    } else {
+        body.into_bytes()
+    };
+    resp.body(Full::new(Bytes::from(bytes))).ok()
 }
 
 /// Standard base64 (for Sec-WebSocket-Accept).
@@ -78,6 +101,9 @@ async fn echo(
     {
         return Ok(websocket_echo(req));
     }
+    if let Some(resp) = canned(req.headers()) {
+        return Ok(resp);
+    }
     let method = req.method().to_string();
     let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
     let version = format!("{:?}", req.version());
@@ -86,9 +112,9 @@ async fn echo(
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     Ok(hyper::Response::new(Full::new(Bytes::from(echo_json(
-        &method, &path, &version, &headers, body,
+        &method, &path, &version, &headers, &body,
     )))))
 }
 
@@ -174,6 +200,16 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy over `routes`, trusting `upstream_ca` (PEM) for upstreams.
     pub async fn start(routes: &str, env: &[(&str, &str)], upstream_ca: Option<&str>) -> Proxy {
+        Proxy::start_with(routes, env, upstream_ca, EgressConfig::default()).await
+    }
+
+    /// Like [`Proxy::start`] with `config` (its `upstream_ca` is set here).
+    pub async fn start_with(
+        routes: &str,
+        env: &[(&str, &str)],
+        upstream_ca: Option<&str>,
+        config: EgressConfig,
+    ) -> Proxy {
         let env: Vec<(String, String)> =
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let table = RouteTable::parse(routes, &|name| {
@@ -195,7 +231,7 @@ impl Proxy {
             path
         });
         let placeholders = Placeholders::generate(&table);
-        let config = EgressConfig { upstream_ca: upstream_ca_path, ..EgressConfig::default() };
+        let config = EgressConfig { upstream_ca: upstream_ca_path, ..config };
         let egress = Egress::new(table, ca.clone(), placeholders.clone(), config).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -309,4 +345,32 @@ impl Proxy {
             .await;
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
+}
+
+/// Runs curl through the proxy at `addr`, trusting `ca` (off the async runtime);
+/// returns (HTTP status or 0, body, stderr).
+#[allow(clippy::disallowed_methods)] // curl is a client under test; no reaper here
+pub async fn curl_via(
+    addr: SocketAddr,
+    ca: std::path::PathBuf,
+    args: &[&str],
+) -> (u16, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = crate::external::command("curl");
+        cmd.args(["-s", "-S", "--max-time", "30", "-x", &format!("http://{addr}"), "--cacert"])
+            .arg(&ca)
+            .args(["-w", "\n%{http_code}"])
+            .args(&args);
+        let out = crate::external::output(&mut cmd);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", "0"));
+        (
+            code.trim().parse().unwrap_or(0),
+            body.to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap_or((0, String::new(), "curl task failed".into()))
 }

@@ -1,0 +1,542 @@
+//! pipelock in the request path: outbound inspection with block / redact / hold, inbound
+//! injection detection on buffered responses and per server-sent event.
+//!
+//! Hazard: everything here runs on agent-controlled bytes and must fail closed. A body
+//! too large to buffer, a coding we cannot undo, a redaction that cannot be placed, a
+//! re-scan that still finds something, an approval queue that does not answer: each is
+//! a refusal, never a forward. Held requests park on an `await` (no proxy thread is
+//! blocked); large scans run on the blocking pool, off the proxy's tasks. Nothing here
+//! writes a secret anywhere: refusals and audit notes name rules, locations and
+//! fingerprints only.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bottle_pipelock::approvals::{ApprovalClient, HoldRequest, Outcome};
+use bottle_pipelock::{Confidence, Detection, Location, Pipelock, decode_body, redact};
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body_util::BodyExt;
+
+use crate::routes::{OnMatch, RouteDlp};
+
+/// Request bodies larger than this are refused on routes that scan them.
+pub const MAX_REQUEST_BODY: usize = 16 << 20;
+/// Text responses larger than this are refused on routes that scan them.
+pub const MAX_RESPONSE_BODY: usize = 32 << 20;
+/// A server-sent event larger than this ends the stream.
+pub const MAX_EVENT: usize = 1 << 20;
+/// Scans of more bytes than this run on the blocking pool.
+const BLOCKING_SCAN: usize = 256 << 10;
+
+/// DLP settings of the proxy.
+#[derive(Debug, Clone)]
+pub struct DlpConfig {
+    /// Where holds go; `None`: a hold is refused at once (fail closed).
+    pub approvals: Option<ApprovalClient>,
+    /// Request body limit.
+    pub max_request_body: usize,
+    /// Text response limit.
+    pub max_response_body: usize,
+    /// Name of this bottle in approval requests.
+    pub bottle: String,
+}
+
+impl Default for DlpConfig {
+    fn default() -> DlpConfig {
+        DlpConfig {
+            approvals: None,
+            max_request_body: MAX_REQUEST_BODY,
+            max_response_body: MAX_RESPONSE_BODY,
+            bottle: "bottle".into(),
+        }
+    }
+}
+
+/// A refusal: status and the reason shown to the agent and the audit log.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) reason: String,
+    pub(crate) detections: Vec<Detection>,
+}
+
+/// What the outbound inspection let through (for the audit note).
+#[derive(Debug, Default)]
+pub(crate) struct Passed {
+    /// Findings that were redacted or approved.
+    pub(crate) detections: Vec<Detection>,
+    /// `redacted`, `approved <id>`, or empty.
+    pub(crate) action: String,
+}
+
+/// One request on its way out.
+pub(crate) struct Outgoing<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) host: &'a str,
+    pub(crate) path_and_query: &'a mut String,
+    pub(crate) headers: &'a mut HeaderMap,
+    pub(crate) body: &'a mut Bytes,
+    /// Headers not scanned: the ones the proxy removes or injects.
+    pub(crate) skip: &'a [HeaderName],
+    /// Known-secret rules of credentials this host may receive.
+    pub(crate) own: &'a [String],
+}
+
+fn summary(detections: &[Detection]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for d in detections {
+        let part = format!("{} in {}", d.rule, d.location);
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    let more = parts.len().saturating_sub(3);
+    parts.truncate(3);
+    if more > 0 {
+        parts.push(format!("{more} more"));
+    }
+    parts.join(", ")
+}
+
+async fn scan_off_thread<T: Send + 'static>(
+    size: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    if size < BLOCKING_SCAN {
+        return Some(work());
+    }
+    tokio::task::spawn_blocking(work).await.ok()
+}
+
+/// Every outbound detection in `req` (host, URL, headers, decoded body).
+async fn detect(
+    pipelock: &Arc<Pipelock>,
+    policy: &RouteDlp,
+    req: &Outgoing<'_>,
+    decoded: &Option<Bytes>,
+) -> Result<Vec<Detection>, Refusal> {
+    let d = policy.outbound;
+    let mut found = pipelock.scan_host(req.host, d);
+    found.extend(pipelock.scan_url(req.path_and_query, d));
+    for (name, value) in req.headers.iter() {
+        if name == header::HOST || req.skip.contains(name) {
+            continue;
+        }
+        found.extend(pipelock.scan_header(
+            name.as_str(),
+            &String::from_utf8_lossy(value.as_bytes()),
+            d,
+        ));
+    }
+    let body = decoded.clone().unwrap_or_else(|| req.body.clone());
+    if !body.is_empty() {
+        let p = pipelock.clone();
+        let scanned =
+            scan_off_thread(body.len(), move || p.scan_body(&String::from_utf8_lossy(&body), d))
+                .await
+                .ok_or_else(|| Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    reason: "the request body scan failed".into(),
+                    detections: Vec::new(),
+                })?;
+        found.extend(scanned);
+    }
+    found.retain(|d| !req.own.contains(&d.rule));
+    Ok(found)
+}
+
+/// Inspects a request under the route's policy; on success the request (possibly
+/// redacted) may be forwarded.
+pub(crate) async fn inspect_request(
+    pipelock: &Arc<Pipelock>,
+    config: &DlpConfig,
+    policy: &RouteDlp,
+    req: Outgoing<'_>,
+) -> Result<Passed, Refusal> {
+    if !policy.outbound.any() {
+        return Ok(Passed::default());
+    }
+    let coding =
+        req.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let decoded = match &coding {
+        Some(c) if !req.body.is_empty() => {
+            let body = req.body.clone();
+            let limit = config.max_request_body;
+            let c = c.clone();
+            let result = scan_off_thread(body.len(), move || decode_body(Some(&c), &body, limit))
+                .await
+                .unwrap_or(Err(bottle_pipelock::DecodeError::TooLarge(limit)));
+            match result {
+                Ok(d) => Some(Bytes::from(d)),
+                Err(e) => {
+                    return Err(Refusal {
+                        status: StatusCode::FORBIDDEN,
+                        reason: format!("the request body cannot be scanned: {e}"),
+                        detections: Vec::new(),
+                    });
+                }
+            }
+        }
+        _ => None,
+    };
+    let found = detect(pipelock, policy, &req, &decoded).await?;
+    if found.is_empty() {
+        return Ok(Passed::default());
+    }
+    let what = summary(&found);
+    match policy.on_outbound {
+        OnMatch::Redact => redact_request(pipelock, policy, req, decoded, found).await,
+        OnMatch::Hold => hold(pipelock, config, req, found, &what).await,
+        // Block, and anything else the schema might grow: refuse.
+        _ => Err(Refusal {
+            status: StatusCode::FORBIDDEN,
+            reason: format!("request contains a secret: {what}"),
+            detections: found,
+        }),
+    }
+}
+
+async fn redact_request(
+    pipelock: &Arc<Pipelock>,
+    policy: &RouteDlp,
+    req: Outgoing<'_>,
+    decoded: Option<Bytes>,
+    found: Vec<Detection>,
+) -> Result<Passed, Refusal> {
+    let refuse = |why: String, found: Vec<Detection>| Refusal {
+        status: StatusCode::FORBIDDEN,
+        reason: why,
+        detections: found,
+    };
+    if found.iter().any(|d| d.location == Location::Host) {
+        return Err(refuse(format!("the hostname carries a secret: {}", summary(&found)), found));
+    }
+    let of = |loc: &Location| -> Vec<Detection> {
+        found.iter().filter(|d| &d.location == loc).cloned().collect()
+    };
+    let url = of(&Location::Url);
+    if !url.is_empty() {
+        match redact(req.path_and_query, &url) {
+            Some(r) => *req.path_and_query = r,
+            None => {
+                return Err(refuse(format!("cannot redact in place: {}", summary(&url)), found));
+            }
+        }
+    }
+    let names: Vec<HeaderName> = req.headers.keys().cloned().collect();
+    for name in names {
+        let here = of(&Location::Header(name.as_str().to_string()));
+        if here.is_empty() {
+            continue;
+        }
+        // Every value of a repeated header is redacted against its own scan.
+        let values: Vec<String> = req
+            .headers
+            .get_all(&name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        req.headers.remove(&name);
+        for value in values {
+            let own = pipelock.scan_header(name.as_str(), &value, policy.outbound);
+            let Some(r) = redact(&value, &own) else {
+                return Err(refuse(format!("cannot redact in place: {}", summary(&here)), found));
+            };
+            match HeaderValue::from_str(&r) {
+                Ok(v) => {
+                    req.headers.append(name.clone(), v);
+                }
+                Err(_) => return Err(refuse("a redacted header is not valid".into(), found)),
+            }
+        }
+    }
+    let body_found = of(&Location::Body);
+    if !body_found.is_empty() {
+        let text = decoded.clone().unwrap_or_else(|| req.body.clone());
+        let text = String::from_utf8_lossy(&text).into_owned();
+        let Some(r) = redact(&text, &body_found) else {
+            return Err(refuse(format!("cannot redact in place: {}", summary(&body_found)), found));
+        };
+        *req.body = Bytes::from(r);
+        // The redacted body goes out decoded.
+        req.headers.remove(header::CONTENT_ENCODING);
+        req.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(req.body.len()));
+    }
+    // Re-scan what will actually leave.
+    let again = detect(pipelock, policy, &req, &None).await?;
+    if !again.is_empty() {
+        return Err(refuse(
+            format!("request still contains a secret after redaction: {}", summary(&again)),
+            found,
+        ));
+    }
+    Ok(Passed { detections: found, action: "redacted".into() })
+}
+
+async fn hold(
+    pipelock: &Arc<Pipelock>,
+    config: &DlpConfig,
+    req: Outgoing<'_>,
+    found: Vec<Detection>,
+    what: &str,
+) -> Result<Passed, Refusal> {
+    let Some(client) = &config.approvals else {
+        return Err(Refusal {
+            status: StatusCode::FORBIDDEN,
+            reason: format!(
+                "request contains a secret ({what}) and is held for approval, but no approval queue is configured"
+            ),
+            detections: found,
+        });
+    };
+    let url: Vec<Detection> =
+        found.iter().filter(|d| d.location == Location::Url).cloned().collect();
+    let path = if url.is_empty() {
+        req.path_and_query.clone()
+    } else {
+        redact(req.path_and_query, &url).unwrap_or_else(|| "[withheld]".into())
+    };
+    let request = HoldRequest {
+        bottle: config.bottle.clone(),
+        method: req.method.to_string(),
+        host: req.host.to_string(),
+        path,
+        detections: found.clone(),
+    };
+    match client.hold(request).await {
+        Outcome::Approved { id } => {
+            pipelock.approve(found.iter().map(|d| d.fingerprint.as_str()));
+            Ok(Passed { detections: found, action: format!("approved {id}") })
+        }
+        Outcome::Refused { id, why } => Err(Refusal {
+            status: StatusCode::FORBIDDEN,
+            reason: match id {
+                Some(id) => format!("request contains a secret ({what}); hold {id}: {why}"),
+                None => format!("request contains a secret ({what}); {why}"),
+            },
+            detections: found,
+        }),
+    }
+}
+
+/// Whether a response body is text a model would read.
+pub(crate) fn text_like(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    ct.starts_with("text/")
+        || ct.ends_with("+json")
+        || ct.ends_with("+xml")
+        || matches!(
+            ct.as_str(),
+            "application/json"
+                | "application/xml"
+                | "application/javascript"
+                | "application/x-javascript"
+                | "application/ecmascript"
+                | "application/x-ndjson"
+                | "application/x-yaml"
+                | "application/yaml"
+                | "application/xhtml+xml"
+        )
+}
+
+/// Whether the response is a server-sent event stream.
+pub(crate) fn event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("text/event-stream"))
+}
+
+/// The verdict on a buffered response.
+pub(crate) enum InboundVerdict {
+    /// Forward (with the medium findings to log, if any).
+    Forward(Vec<bottle_pipelock::InjectionFinding>),
+    /// Replace by a refusal.
+    Block(String),
+}
+
+/// Scans a buffered (possibly encoded) response body.
+pub(crate) async fn inspect_response(
+    pipelock: &Arc<Pipelock>,
+    config: &DlpConfig,
+    policy: &RouteDlp,
+    coding: Option<String>,
+    body: Bytes,
+) -> InboundVerdict {
+    let p = pipelock.clone();
+    let limit = config.max_response_body;
+    let scanned = scan_off_thread(body.len(), move || {
+        let decoded = decode_body(coding.as_deref(), &body, limit)?;
+        Ok::<_, bottle_pipelock::DecodeError>(p.scan_inbound(&String::from_utf8_lossy(&decoded)))
+    })
+    .await;
+    let findings = match scanned {
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            return InboundVerdict::Block(format!("the response cannot be scanned: {e}"));
+        }
+        None => return InboundVerdict::Block("the response scan failed".into()),
+    };
+    verdict(policy, findings)
+}
+
+fn verdict(policy: &RouteDlp, findings: Vec<bottle_pipelock::InjectionFinding>) -> InboundVerdict {
+    match findings.first() {
+        Some(f) if f.confidence == Confidence::High && policy.on_inbound == OnMatch::Block => {
+            // The rule only: quoting the text back would deliver the injection anyway.
+            InboundVerdict::Block(format!(
+                "the response looks like a prompt injection ({})",
+                f.rule
+            ))
+        }
+        _ => InboundVerdict::Forward(findings),
+    }
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// A server-sent event stream scanned event by event: each event is released only after
+/// it was scanned; a high-confidence injection (on a blocking route) or an oversized
+/// event ends the stream with a final `bottle-blocked` event instead.
+pub(crate) struct SseScan {
+    inner: Body,
+    pipelock: Arc<Pipelock>,
+    policy: RouteDlp,
+    buffer: BytesMut,
+    ready: VecDeque<Bytes>,
+    done: bool,
+    on_finding: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl SseScan {
+    pub(crate) fn new(
+        inner: Body,
+        pipelock: Arc<Pipelock>,
+        policy: RouteDlp,
+        on_finding: Box<dyn Fn(&str) + Send + Sync>,
+    ) -> SseScan {
+        SseScan {
+            inner,
+            pipelock,
+            policy,
+            buffer: BytesMut::new(),
+            ready: VecDeque::new(),
+            done: false,
+            on_finding,
+        }
+    }
+
+    fn end_with(&mut self, why: &str) {
+        (self.on_finding)(why);
+        let line = why.replace(['\r', '\n'], " ");
+        self.ready.push_back(Bytes::from(format!("event: bottle-blocked\ndata: {line}\n\n")));
+        self.buffer.clear();
+        self.done = true;
+    }
+
+    /// Moves every complete event from the buffer to `ready`, scanning each.
+    fn drain_events(&mut self, eof: bool) {
+        loop {
+            if self.done {
+                return;
+            }
+            let boundary = find_boundary(&self.buffer);
+            let take = match boundary {
+                Some(end) => end,
+                None if eof && !self.buffer.is_empty() => self.buffer.len(),
+                None => {
+                    if self.buffer.len() > MAX_EVENT {
+                        self.end_with("a server-sent event exceeds the scan limit");
+                    }
+                    return;
+                }
+            };
+            let event = self.buffer.split_to(take).freeze();
+            let findings = self.pipelock.scan_inbound(&String::from_utf8_lossy(&event));
+            match verdict(&self.policy, findings) {
+                InboundVerdict::Block(why) => {
+                    self.end_with(&why);
+                    return;
+                }
+                InboundVerdict::Forward(findings) => {
+                    if let Some(f) = findings.first() {
+                        (self.on_finding)(&format!(
+                            "warning: {} ({:?}) in an event",
+                            f.rule, f.confidence
+                        ));
+                    }
+                    self.ready.push_back(event);
+                }
+            }
+        }
+    }
+}
+
+/// End of the first event (after its blank line), if the buffer holds one.
+fn find_boundary(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl hyper::body::Body for SseScan {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Poll::Ready(Some(Ok(hyper::body::Frame::data(event))));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                        self.drain_events(false);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => {
+                    self.drain_events(true);
+                    self.done = true;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Collects a body up to `limit` bytes: `Ok(None)` when it is larger.
+pub(crate) async fn collect_limited<B>(body: B, limit: usize) -> Result<Option<Bytes>, B::Error>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let mut body = body;
+    let mut out = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Ok(None);
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(Some(out.freeze()))
+}
