@@ -540,3 +540,99 @@ where
     }
     Ok(Some(out.freeze()))
 }
+
+/// An outbound WebSocket text message under the route's policy: `Ok(None)` forward as
+/// is, `Ok(Some(text))` forward this redacted text, `Err(why)` close.
+pub(crate) async fn inspect_frame(
+    ctx: &crate::websocket::WsContext,
+    text: &str,
+) -> Result<Option<String>, String> {
+    if !ctx.policy.outbound.any() {
+        return Ok(None);
+    }
+    let p = ctx.pipelock.clone();
+    let (t, d) = (text.to_string(), ctx.policy.outbound);
+    let mut found = scan_off_thread(text.len(), move || p.scan_frame(&t, d))
+        .await
+        .ok_or_else(|| "the message scan failed".to_string())?;
+    found.retain(|f| !ctx.own.contains(&f.rule));
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let what = summary(&found);
+    let note = |action: &str, block: bool| {
+        let fps: Vec<String> = found
+            .iter()
+            .map(|d| format!("{} ({}, fp {})", d.rule, d.encoding, d.fingerprint))
+            .collect();
+        (ctx.note)(&format!("websocket {action}: {}", fps.join("; ")), block);
+    };
+    match ctx.policy.on_outbound {
+        OnMatch::Redact => {
+            let Some(redacted) = redact(text, &found) else {
+                note("blocked", true);
+                return Err(format!("cannot redact in place: {what}"));
+            };
+            if !ctx.pipelock.scan_frame(&redacted, ctx.policy.outbound).is_empty() {
+                note("blocked", true);
+                return Err(format!("message still contains a secret after redaction: {what}"));
+            }
+            note("redacted", false);
+            Ok(Some(redacted))
+        }
+        OnMatch::Hold => {
+            let Some(client) = &ctx.config.approvals else {
+                note("blocked", true);
+                return Err(format!("message contains a secret ({what}); no approval queue"));
+            };
+            let request = HoldRequest {
+                bottle: ctx.config.bottle.clone(),
+                method: "WEBSOCKET".into(),
+                host: ctx.host.clone(),
+                path: "[websocket message]".into(),
+                detections: found.clone(),
+            };
+            match client.hold(request).await {
+                Outcome::Approved { id } => {
+                    ctx.pipelock.approve(found.iter().map(|d| d.fingerprint.as_str()));
+                    note(&format!("approved {id}"), false);
+                    Ok(None)
+                }
+                Outcome::Refused { why, .. } => {
+                    note("blocked", true);
+                    Err(format!("message contains a secret ({what}); {why}"))
+                }
+            }
+        }
+        _ => {
+            note("blocked", true);
+            Err(format!("message contains a secret: {what}"))
+        }
+    }
+}
+
+/// An inbound WebSocket text message: `Err(why)` closes on a high-confidence injection
+/// where the route blocks.
+pub(crate) fn inspect_inbound_frame(
+    ctx: &crate::websocket::WsContext,
+    text: &str,
+) -> Result<Option<String>, String> {
+    if !ctx.policy.inbound {
+        return Ok(None);
+    }
+    match verdict(&ctx.policy, ctx.pipelock.scan_inbound(text)) {
+        InboundVerdict::Block(why) => {
+            (ctx.note)(&format!("websocket {why}"), true);
+            Err(why)
+        }
+        InboundVerdict::Forward(findings) => {
+            if let Some(f) = findings.first() {
+                (ctx.note)(
+                    &format!("websocket inbound warning: {} ({:?})", f.rule, f.confidence),
+                    false,
+                );
+            }
+            Ok(None)
+        }
+    }
+}

@@ -17,6 +17,7 @@ pub mod policy;
 mod proxy;
 pub mod routes;
 pub mod sni;
+mod websocket;
 
 pub use actor::{EgressActor, EgressFactory, EgressMsg, EgressSettings, approval_store_name};
 pub use dlp::DlpConfig;

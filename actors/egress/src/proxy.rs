@@ -842,12 +842,23 @@ async fn forward(
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, websocket);
+    if websocket {
+        // No permessage-deflate: compressed frames could not be scanned.
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    }
     // The agent's credentials never leave; the route's real one is added here.
     parts.headers.remove(header::AUTHORIZATION);
     parts.headers.remove(header::PROXY_AUTHORIZATION);
     // pipelock, outbound: the host, URL, headers (but the credential ones the proxy
     // removes or injects) and the buffered body, under the route's policy.
     let policy = route.dlp();
+    // A route's own credential (or its placeholder) going to that route is expected.
+    let own_secrets: Vec<String> = live
+        .known_owners
+        .iter()
+        .filter(|(_, hosts)| hosts.contains(&host))
+        .map(|(rule, _)| rule.clone())
+        .collect();
     let mut body: Body = body.boxed();
     if policy.outbound.any() {
         let mut bytes = Bytes::new();
@@ -884,15 +895,8 @@ async fn forward(
         {
             skip.push(name);
         }
-        // A route's own credential (or its placeholder) going to that route is expected.
-        let own: Vec<String> = live
-            .known_owners
-            .iter()
-            .filter(|(_, hosts)| hosts.contains(&host))
-            .map(|(rule, _)| rule.clone())
-            .collect();
         let outgoing = Outgoing {
-            own: &own,
+            own: &own_secrets,
             method: &method,
             host: &host,
             path_and_query: &mut path_and_query,
@@ -1079,10 +1083,32 @@ async fn forward(
     if upgraded {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         if let Some(client_upgrade) = client_upgrade {
+            let note_shared = shared.clone();
+            let note_host = host.clone();
+            let ws = crate::websocket::WsContext {
+                pipelock: live_pipelock.clone(),
+                config: shared.config.dlp.clone(),
+                policy,
+                host: host.clone(),
+                own: own_secrets.clone(),
+                note: Arc::new(move |why: &str, block: bool| {
+                    let mut note = AuditRecord::now("WEBSOCKET", &note_host, "");
+                    note.verdict = if block { "block" } else { "allow" };
+                    note.alarm = block;
+                    note.status = 101;
+                    note.dlp = Some(why.to_string());
+                    note_shared.audit.record(note);
+                }),
+            };
+            let scanned = policy.outbound.any() || policy.inbound;
             shared.spawn(async move {
                 if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
                     let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(upstream));
-                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    if scanned {
+                        crate::websocket::relay(a, b, ws).await;
+                    } else {
+                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    }
                 }
             });
         }
