@@ -118,9 +118,6 @@ pub fn views(text: &str) -> Vec<View> {
 /// Clean ASCII text without `%`, `\` or a long encoded run ends after one pass.
 pub fn derived_views(text: &str) -> Vec<View> {
     let mut out = Vec::new();
-    if !needs_work(text.as_bytes()) {
-        return out;
-    }
     let mut budget = text.len().saturating_mul(MAX_DECODED_FACTOR) + 4096;
     expand(text, &Origin::Identity, &mut out, &mut budget, 0);
     out
@@ -133,7 +130,7 @@ fn needs_work(bytes: &[u8]) -> bool {
 }
 
 fn memchr_any(bytes: &[u8]) -> bool {
-    bytes.iter().any(|&b| b == b'%' || b == b'\\')
+    memchr::memchr2(b'%', b'\\', bytes).is_some()
 }
 
 fn compose(outer: &Origin, inner: Vec<usize>) -> Origin {
@@ -183,6 +180,52 @@ fn decode_line(line: &str) -> Option<(String, Vec<usize>, Encoding)> {
     current.map(|(t, m)| (t, m, encoding))
 }
 
+/// Index of the first byte >= 0x80: 64-byte chunks through std's vectorized `is_ascii`,
+/// then a byte loop inside the one chunk that is not.
+fn first_non_ascii(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    for chunk in bytes.chunks(64) {
+        if !chunk.is_ascii() {
+            return chunk.iter().position(|&b| b >= 0x80).map(|i| at + i);
+        }
+        at += chunk.len();
+    }
+    None
+}
+
+/// Finds, left to right, the bytes that are `%`, `\\` or not ASCII. Keeps the next
+/// escape position between calls, so a text with many non-ASCII lines and few escapes
+/// is not searched for escapes once per line.
+struct Interesting<'a> {
+    bytes: &'a [u8],
+    /// The whole text is ASCII: only escapes can be interesting.
+    ascii: bool,
+    /// Next escape at or after the last query (`None`: none left); `Some(None)` unknown.
+    escape: Option<Option<usize>>,
+}
+
+impl<'a> Interesting<'a> {
+    fn new(bytes: &'a [u8]) -> Interesting<'a> {
+        Interesting { bytes, ascii: bytes.is_ascii(), escape: None }
+    }
+
+    fn next(&mut self, from: usize) -> Option<usize> {
+        let rest = self.bytes.get(from..)?;
+        let escape = match self.escape {
+            Some(Some(at)) if at >= from => Some(at),
+            Some(None) => None,
+            _ => memchr::memchr2(b'%', b'\\', rest).map(|i| from + i),
+        };
+        self.escape = Some(escape);
+        if self.ascii {
+            return escape;
+        }
+        let limit = escape.map_or(rest.len(), |e| e - from);
+        let wide = first_non_ascii(&rest[..limit]).map(|i| from + i);
+        wide.or(escape)
+    }
+}
+
 /// Derives views of `text` (whose offsets map to the raw input through `origin`).
 ///
 /// Percent-decoding, escapes and Unicode folding work line by line, and only changed
@@ -193,10 +236,17 @@ fn expand(text: &str, origin: &Origin, out: &mut Vec<View>, budget: &mut usize, 
     let mut decoded_map: Vec<usize> = Vec::new();
     let mut decoded_encoding = Encoding::Escapes;
     let mut folded = String::new();
-    let mut line_start = 0;
-    for line in text.split_inclusive('\n') {
-        let bytes = line.as_bytes();
-        let escapes = bytes.contains(&b'%') || bytes.contains(&b'\\');
+    // Only lines holding an escape byte or a non-ASCII byte can change: jump from one
+    // such byte to the next instead of walking every line.
+    let bytes = text.as_bytes();
+    let mut cursor = 0;
+    let mut interesting = Interesting::new(bytes);
+    while let Some(hit) = interesting.next(cursor) {
+        let line_start = memchr::memrchr(b'\n', &bytes[..hit]).map_or(0, |i| i + 1);
+        let line_end = memchr::memchr(b'\n', &bytes[hit..]).map_or(bytes.len(), |i| hit + i + 1);
+        cursor = line_end;
+        let line = &text[line_start..line_end];
+        let escapes = memchr::memchr2(b'%', b'\\', line.as_bytes()).is_some();
         let mut changed: Option<String> = None;
         if escapes && let Some((line_decoded, map, encoding)) = decode_line(line) {
             if encoding == Encoding::Percent {
@@ -215,9 +265,9 @@ fn expand(text: &str, origin: &Origin, out: &mut Vec<View>, budget: &mut usize, 
             folded.push_str(&fold_unicode(plain));
             folded.push('\n');
         }
-        line_start += line.len();
     }
-    let mut level: Vec<(String, Origin)> = vec![(text.to_string(), origin.clone())];
+    let mut level: Vec<(std::borrow::Cow<'_, str>, Origin)> =
+        vec![(std::borrow::Cow::Borrowed(text), origin.clone())];
     if !decoded.is_empty() {
         decoded_map.push(text.len());
         let view_origin = compose(origin, decoded_map);
@@ -226,7 +276,7 @@ fn expand(text: &str, origin: &Origin, out: &mut Vec<View>, budget: &mut usize, 
             encoding: decoded_encoding,
             origin: view_origin.clone(),
         });
-        level.push((decoded, view_origin));
+        level.push((std::borrow::Cow::Owned(decoded), view_origin));
     }
     if !folded.is_empty() {
         out.push(View {
@@ -234,7 +284,7 @@ fn expand(text: &str, origin: &Origin, out: &mut Vec<View>, budget: &mut usize, 
             encoding: Encoding::Unicode,
             origin: Origin::Unmapped,
         });
-        level.push((folded, Origin::Unmapped));
+        level.push((std::borrow::Cow::Owned(folded), Origin::Unmapped));
     }
     if depth >= MAX_DEPTH {
         return;
@@ -512,31 +562,67 @@ fn has_long_run(bytes: &[u8]) -> bool {
     false
 }
 
+/// Whether `b` is in the base64 / base64url alphabet, branch-free so that a block
+/// check vectorizes.
+#[inline(always)]
+fn in_alphabet(b: u8) -> bool {
+    let lower = b | 0x20;
+    (lower.wrapping_sub(b'a') < 26)
+        | (b.wrapping_sub(b'0') < 10)
+        | (b == b'+')
+        | (b == b'/')
+        | (b == b'-')
+        | (b == b'_')
+}
+
 /// Decoded text of every long encoded run in `text`: `(start, end, encoding, text)`.
+///
+/// A run of at least 16 alphabet bytes covers at least one whole 8-byte-aligned block,
+/// so the search checks blocks (branch-free) and grows a run only from a block that
+/// is entirely alphabet: prose and code cost one cheap pass.
 fn decode_runs(text: &str, budget: &mut usize) -> Vec<(usize, usize, Encoding, String)> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if CLASS[usize::from(bytes[i])] & (B64_CLASS | B64URL_CLASS) == 0 {
-            i += 1;
+    let mut done = 0usize;
+    let mut block = 0usize;
+    while block + 8 <= bytes.len() {
+        let start_block = block;
+        block += 8;
+        if start_block < done {
             continue;
         }
-        let start = i;
-        while i < bytes.len() && CLASS[usize::from(bytes[i])] & (B64_CLASS | B64URL_CLASS) != 0 {
-            i += 1;
+        let all =
+            bytes[start_block..start_block + 8].iter().fold(true, |acc, &b| acc & in_alphabet(b));
+        if !all {
+            continue;
         }
-        let body_end = i;
+        let mut start = start_block;
+        while start > done && in_alphabet(bytes[start - 1]) {
+            start -= 1;
+        }
+        let mut body_end = start_block + 8;
+        while body_end < bytes.len() && in_alphabet(bytes[body_end]) {
+            body_end += 1;
+        }
         // Padding belongs to the run.
-        while i < bytes.len() && bytes[i] == b'=' && i - body_end < 2 {
-            i += 1;
+        let mut end = body_end;
+        while end < bytes.len() && bytes[end] == b'=' && end - body_end < 2 {
+            end += 1;
         }
+        done = end;
         if body_end - start < MIN_B64_RUN || *budget == 0 {
+            continue;
+        }
+        // Lowercase words joined by `-`, `_`, `/` or `+` (paths, slugs, identifiers) are
+        // not an encoding of anything: base64 of real data has capitals or digits within
+        // 16 characters (all-lowercase odds: (30/64)^16, about 1 in 180,000), and hex and
+        // base32 runs have digits.
+        if !bytes[start..body_end].iter().any(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
             continue;
         }
         if let Some((encoding, decoded)) = decode_run(&bytes[start..body_end]) {
             *budget = budget.saturating_sub(decoded.len());
-            out.push((start, i, encoding, decoded));
+            out.push((start, end, encoding, decoded));
         }
     }
     out
@@ -638,36 +724,42 @@ pub fn joined_query(path_and_query: &str) -> Option<String> {
     (values.len() >= 2).then(|| values.concat())
 }
 
-/// JSON string values joined in document order, when the text is JSON with two or more.
+/// JSON string values (not keys) joined in document order, when the text looks like
+/// JSON and has two or more. A one-pass lexer, not a parser: the join only has to put
+/// split pieces back together (escapes inside are undone by the views scanned later),
+/// and building a document tree costs more than the scan.
 pub fn joined_json(text: &str) -> Option<String> {
     let trimmed = text.trim_start();
     if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
         return None;
     }
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    let mut strings = Vec::new();
-    collect_strings(&value, &mut strings, 0);
-    (strings.len() >= 2).then(|| strings.concat())
-}
-
-fn collect_strings<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>, depth: usize) {
-    if depth > 64 {
-        return;
-    }
-    match value {
-        serde_json::Value::String(s) => out.push(s),
-        serde_json::Value::Array(items) => {
-            for v in items {
-                collect_strings(v, out, depth + 1);
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    let mut values = 0usize;
+    let mut i = 0;
+    while let Some(open) = memchr::memchr(b'"', &bytes[i..]).map(|o| i + o) {
+        // Find the closing quote, skipping escaped characters.
+        let mut j = open + 1;
+        loop {
+            let next = memchr::memchr2(b'"', b'\\', &bytes[j..]).map(|o| j + o)?;
+            if bytes[next] == b'\\' {
+                j = next + 2;
+                if j > bytes.len() {
+                    return None;
+                }
+                continue;
             }
+            j = next;
+            break;
         }
-        serde_json::Value::Object(map) => {
-            for v in map.values() {
-                collect_strings(v, out, depth + 1);
-            }
+        let after = bytes[j + 1..].iter().find(|b| !b.is_ascii_whitespace());
+        if after != Some(&b':') {
+            out.push_str(&text[open + 1..j]);
+            values += 1;
         }
-        _ => {}
+        i = j + 1;
     }
+    (values >= 2).then_some(out)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The scanner: one keyword automaton, then only the regexes whose keywords occurred.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::Regex;
 
 use crate::rules::{RuleDef, RuleSpec, Validator};
@@ -65,6 +65,11 @@ pub struct Literal {
 pub struct Scanner {
     rules: Vec<Compiled>,
     automaton: AhoCorasick,
+    /// The same patterns, searched non-overlapping with a prefilter: finds where the
+    /// (slower, prefilter-less) overlapping search must look.
+    fast: AhoCorasick,
+    /// The longest pattern, in bytes.
+    longest: usize,
     /// Automaton pattern index -> what it stands for.
     targets: Vec<Target>,
     always: Vec<usize>,
@@ -269,12 +274,18 @@ impl Scanner {
             patterns.push(literal.text.clone());
             targets.push(Target::Literal(i));
         }
-        let automaton = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .build(&patterns)
-            .map_err(|e| ScannerError { rule: "<keywords>".into(), problem: e.to_string() })?;
-        Ok(Scanner { rules: compiled, automaton, targets, always, literals })
+        let build = |kind: Option<AhoCorasickKind>| {
+            AhoCorasickBuilder::new()
+                .ascii_case_insensitive(true)
+                .match_kind(MatchKind::Standard)
+                .kind(kind)
+                .build(&patterns)
+                .map_err(|e| ScannerError { rule: "<keywords>".into(), problem: e.to_string() })
+        };
+        let automaton = build(None)?;
+        let fast = build(Some(AhoCorasickKind::DFA))?;
+        let longest = patterns.iter().map(String::len).max().unwrap_or(0);
+        Ok(Scanner { rules: compiled, automaton, fast, longest, targets, always, literals })
     }
 
     /// The built-in rule set.
@@ -298,7 +309,27 @@ impl Scanner {
     pub fn scan(&self, text: &str) -> Vec<Finding> {
         let mut hits: Vec<Vec<usize>> = vec![Vec::new(); self.rules.len()];
         let mut findings = Vec::new();
-        for m in self.automaton.find_overlapping_iter(text) {
+        // Every overlapping match overlaps a non-overlapping one (or is one), so the
+        // overlapping search runs only around those, and clean text costs one
+        // prefiltered DFA pass.
+        let mut regions: Vec<(usize, usize)> = Vec::new();
+        for m in self.fast.find_iter(text) {
+            let start = m.start().saturating_sub(self.longest);
+            let end = (m.end() + self.longest).min(text.len());
+            match regions.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => regions.push((start, end)),
+            }
+        }
+        let overlapping = regions.iter().flat_map(|&(start, end)| {
+            self.automaton.find_overlapping_iter(aho_corasick::Input::new(text).span(start..end))
+        });
+        let mut seen: std::collections::HashSet<(usize, usize, usize)> =
+            std::collections::HashSet::new();
+        for m in overlapping {
+            if !seen.insert((m.pattern().as_usize(), m.start(), m.end())) {
+                continue;
+            }
             match &self.targets[m.pattern().as_usize()] {
                 Target::Keyword(rules) => {
                     for &i in rules {
