@@ -79,7 +79,10 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         let safelisting = egress.clone();
         let store_args = StoreArgs {
             dir: dir.clone(),
-            on_approve: Some(Arc::new(move |fps: &[String]| safelisting.approve_fingerprints(fps))),
+            on_approve: Some(Arc::new(move |fps: &[(String, String)]| {
+                safelisting.approve_fingerprints(fps)
+            })),
+            bottle: Some("proxy".into()),
         };
         let (actor, _) = ractor::Actor::spawn(Some(name), ApprovalStore, store_args)
             .await

@@ -98,13 +98,17 @@ pub fn approval_store_name(listen: &SocketAddr) -> String {
 async fn spawn_store(
     name: &str,
     dir: &std::path::Path,
+    bottle: &str,
     egress: &Egress,
     supervisor: ActorCell,
 ) -> Result<(), ActorProcessingErr> {
     let safelisting = egress.clone();
     let args = StoreArgs {
         dir: dir.to_path_buf(),
-        on_approve: Some(Arc::new(move |fps: &[String]| safelisting.approve_fingerprints(fps))),
+        on_approve: Some(Arc::new(move |fps: &[(String, String)]| {
+            safelisting.approve_fingerprints(fps)
+        })),
+        bottle: Some(bottle.to_string()),
     };
     Actor::spawn_linked(Some(name.to_string()), ApprovalStore, args, supervisor).await?;
     Ok(())
@@ -168,7 +172,7 @@ impl Actor for EgressActor {
         if let (Some(name), Some(dir)) = (&store, &settings.approvals) {
             // Replays the journal: approvals from earlier in the bottle's life go back on
             // the safelist before the first request is served.
-            spawn_store(name, dir, &egress, myself.get_cell()).await?;
+            spawn_store(name, dir, &settings.bottle, &egress, myself.get_cell()).await?;
         }
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;
         tracing::info!(listen = %settings.listen, "Egress proxy listening.");
@@ -195,7 +199,8 @@ impl Actor for EgressActor {
                 // Held requests wait on the store by name: a new one replays the journal
                 // and answers them.
                 tracing::warn!(%why, "The approval store stopped; restarting it.");
-                spawn_store(name, dir, &state.egress, myself.get_cell()).await
+                spawn_store(name, dir, &state.settings.bottle, &state.egress, myself.get_cell())
+                    .await
             }
             // The CA (or anything else linked here) is not restartable on its own: the
             // proxy's TLS depends on it, so the proxy fails and its supervisor decides.

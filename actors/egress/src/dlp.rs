@@ -32,6 +32,25 @@ pub const MAX_EVENT: usize = 1 << 20;
 /// Scans of more bytes than this run on the blocking pool.
 const BLOCKING_SCAN: usize = 256 << 10;
 
+/// One of the [`MAX_HOLDS`] hold slots, given back on drop.
+struct HoldSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl HoldSlot {
+    fn take(holds: &Arc<std::sync::atomic::AtomicUsize>) -> Option<HoldSlot> {
+        use std::sync::atomic::Ordering;
+        holds
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_HOLDS).then_some(n + 1))
+            .ok()
+            .map(|_| HoldSlot(holds.clone()))
+    }
+}
+
+impl Drop for HoldSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// DLP settings of the proxy.
 #[derive(Debug, Clone)]
 pub struct DlpConfig {
@@ -43,6 +62,8 @@ pub struct DlpConfig {
     pub max_response_body: usize,
     /// Name of this bottle in approval requests.
     pub bottle: String,
+    /// Requests held right now (shared by every clone).
+    pub holds: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Default for DlpConfig {
@@ -52,6 +73,7 @@ impl Default for DlpConfig {
             max_request_body: MAX_REQUEST_BODY,
             max_response_body: MAX_RESPONSE_BODY,
             bottle: "bottle".into(),
+            holds: Arc::default(),
         }
     }
 }
@@ -102,6 +124,27 @@ fn summary(detections: &[Detection]) -> String {
     parts.join(", ")
 }
 
+/// Every value of header `name` joined with `,` (as a recipient that merges repeated
+/// headers reads them), or `Err` when one is not ASCII: a value nobody agrees on
+/// cannot be trusted to say how the body is encoded.
+pub(crate) fn joined_header(headers: &HeaderMap, name: &HeaderName) -> Result<Option<String>, ()> {
+    let mut values = Vec::new();
+    for v in headers.get_all(name) {
+        values.push(v.to_str().map_err(|_| ())?.trim().to_string());
+    }
+    let values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
+    Ok((!values.is_empty()).then(|| values.join(", ")))
+}
+
+/// Methods a scanned route forwards; anything else is refused (an extension method is
+/// a free-form token that would leave unscanned).
+pub(crate) const METHODS: &[&str] =
+    &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"];
+
+/// At most this many requests are held at once per proxy; more are refused (a flood of
+/// holds would park memory and bury the operator).
+pub const MAX_HOLDS: usize = 32;
+
 async fn scan_off_thread<T: Send + 'static>(
     size: usize,
     work: impl FnOnce() -> T + Send + 'static,
@@ -112,7 +155,9 @@ async fn scan_off_thread<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.ok()
 }
 
-/// Every outbound detection in `req` (host, URL, headers, decoded body).
+/// Every outbound detection in `req`: host, method, URL, header names and values, and
+/// the body both as sent and decoded (bytes after a compressed stream would otherwise
+/// leave unscanned).
 async fn detect(
     pipelock: &Arc<Pipelock>,
     policy: &RouteDlp,
@@ -121,19 +166,22 @@ async fn detect(
 ) -> Result<Vec<Detection>, Refusal> {
     let d = policy.outbound;
     let mut found = pipelock.scan_host(req.host, d);
+    found.extend(pipelock.scan_url(req.method, d));
     found.extend(pipelock.scan_url(req.path_and_query, d));
     for (name, value) in req.headers.iter() {
         if name == header::HOST || req.skip.contains(name) {
             continue;
         }
+        found.extend(pipelock.scan_header(name.as_str(), name.as_str(), d));
         found.extend(pipelock.scan_header(
             name.as_str(),
             &String::from_utf8_lossy(value.as_bytes()),
             d,
         ));
     }
-    let body = decoded.clone().unwrap_or_else(|| req.body.clone());
-    if !body.is_empty() {
+    let mut bodies = vec![req.body.clone()];
+    bodies.extend(decoded.clone());
+    for body in bodies.into_iter().filter(|b| !b.is_empty()) {
         let p = pipelock.clone();
         let scanned =
             scan_off_thread(body.len(), move || p.scan_body(&String::from_utf8_lossy(&body), d))
@@ -160,14 +208,20 @@ pub(crate) async fn inspect_request(
     if !policy.outbound.any() {
         return Ok(Passed::default());
     }
-    let coding =
-        req.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let refuse =
+        |reason: String| Refusal { status: StatusCode::FORBIDDEN, reason, detections: Vec::new() };
+    if !METHODS.contains(&req.method) {
+        return Err(refuse("this method is not forwarded on a scanned route".into()));
+    }
+    let coding = joined_header(req.headers, &header::CONTENT_ENCODING)
+        .map_err(|()| refuse("the request's Content-Encoding is not ASCII".into()))?;
     let decoded = match &coding {
         Some(c) if !req.body.is_empty() => {
             let body = req.body.clone();
             let limit = config.max_request_body;
             let c = c.clone();
-            let result = scan_off_thread(body.len(), move || decode_body(Some(&c), &body, limit))
+            // Decoding can expand 1000-fold: always off the proxy's threads.
+            let result = tokio::task::spawn_blocking(move || decode_body(Some(&c), &body, limit))
                 .await
                 .unwrap_or(Err(bottle_pipelock::DecodeError::TooLarge(limit)));
             match result {
@@ -183,7 +237,12 @@ pub(crate) async fn inspect_request(
         }
         _ => None,
     };
-    let found = detect(pipelock, policy, &req, &decoded).await?;
+    let mut found = detect(pipelock, policy, &req, &decoded).await?;
+    // Approvals count only where the route holds: a `block` or `redact` route is not
+    // opened by an approval given elsewhere, and an approval is per destination.
+    if policy.on_outbound == OnMatch::Hold {
+        found = pipelock.unapproved(req.host, found);
+    }
     if found.is_empty() {
         return Ok(Passed::default());
     }
@@ -300,6 +359,24 @@ async fn hold(
     } else {
         redact(req.path_and_query, &url).unwrap_or_else(|| "[withheld]".into())
     };
+    // The query may hold values this scan let pass (the route's own credential): the
+    // operator sees the path only.
+    let path = match path.split_once('?') {
+        Some((p, _)) => format!("{p}?[query withheld]"),
+        None => path,
+    };
+    let _slot = match HoldSlot::take(&config.holds) {
+        Some(slot) => slot,
+        None => {
+            return Err(Refusal {
+                status: StatusCode::FORBIDDEN,
+                reason: format!(
+                    "request contains a secret ({what}); too many requests are already held"
+                ),
+                detections: found,
+            });
+        }
+    };
     let request = HoldRequest {
         bottle: config.bottle.clone(),
         method: req.method.to_string(),
@@ -309,7 +386,7 @@ async fn hold(
     };
     match client.hold(request).await {
         Outcome::Approved { id } => {
-            pipelock.approve(found.iter().map(|d| d.fingerprint.as_str()));
+            pipelock.approve(req.host, found.iter().map(|d| d.fingerprint.as_str()));
             Ok(Passed { detections: found, action: format!("approved {id}") })
         }
         Outcome::Refused { id, why } => Err(Refusal {
@@ -323,26 +400,37 @@ async fn hold(
     }
 }
 
-/// Whether a response body is text a model would read.
-pub(crate) fn text_like(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+/// Whether a response body may be passed unscanned: only declared binary media. No
+/// `Content-Type`, an unknown or non-ASCII one, or any textual one is scanned (the
+/// upstream does not get to opt out by leaving the header off).
+pub(crate) fn binary_media(headers: &HeaderMap) -> bool {
+    let Ok(Some(ct)) = joined_header(headers, &header::CONTENT_TYPE) else { return false };
+    if ct.contains(',') {
         return false;
-    };
+    }
     let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    ct.starts_with("text/")
-        || ct.ends_with("+json")
-        || ct.ends_with("+xml")
+    ct.starts_with("image/")
+        || ct.starts_with("audio/")
+        || ct.starts_with("video/")
+        || ct.starts_with("font/")
         || matches!(
             ct.as_str(),
-            "application/json"
-                | "application/xml"
-                | "application/javascript"
-                | "application/x-javascript"
-                | "application/ecmascript"
-                | "application/x-ndjson"
-                | "application/x-yaml"
-                | "application/yaml"
-                | "application/xhtml+xml"
+            "application/octet-stream"
+                | "application/zip"
+                | "application/gzip"
+                | "application/x-gzip"
+                | "application/x-tar"
+                | "application/x-xz"
+                | "application/zstd"
+                | "application/x-bzip2"
+                | "application/x-7z-compressed"
+                | "application/pdf"
+                | "application/wasm"
+                | "application/vnd.git-lfs"
+                | "application/x-git-upload-pack-result"
+                | "application/x-protobuf"
+                | "application/protobuf"
+                | "application/grpc"
         )
 }
 
@@ -372,7 +460,8 @@ pub(crate) async fn inspect_response(
 ) -> InboundVerdict {
     let p = pipelock.clone();
     let limit = config.max_response_body;
-    let scanned = scan_off_thread(body.len(), move || {
+    let size = if coding.is_some() { usize::MAX } else { body.len() };
+    let scanned = scan_off_thread(size, move || {
         let decoded = decode_body(coding.as_deref(), &body, limit)?;
         Ok::<_, bottle_pipelock::DecodeError>(p.scan_inbound(&String::from_utf8_lossy(&decoded)))
     })
@@ -556,6 +645,9 @@ pub(crate) async fn inspect_frame(
         .await
         .ok_or_else(|| "the message scan failed".to_string())?;
     found.retain(|f| !ctx.own.contains(&f.rule));
+    if ctx.policy.on_outbound == OnMatch::Hold {
+        found = ctx.pipelock.unapproved(&ctx.host, found);
+    }
     if found.is_empty() {
         return Ok(None);
     }
@@ -594,7 +686,7 @@ pub(crate) async fn inspect_frame(
             };
             match client.hold(request).await {
                 Outcome::Approved { id } => {
-                    ctx.pipelock.approve(found.iter().map(|d| d.fingerprint.as_str()));
+                    ctx.pipelock.approve(&ctx.host, found.iter().map(|d| d.fingerprint.as_str()));
                     note(&format!("approved {id}"), false);
                     Ok(None)
                 }
@@ -611,16 +703,20 @@ pub(crate) async fn inspect_frame(
     }
 }
 
-/// An inbound WebSocket text message: `Err(why)` closes on a high-confidence injection
-/// where the route blocks.
-pub(crate) fn inspect_inbound_frame(
+/// An inbound WebSocket message: `Err(why)` closes on a high-confidence injection where
+/// the route blocks. Large messages are scanned off the proxy's threads.
+pub(crate) async fn inspect_inbound_frame(
     ctx: &crate::websocket::WsContext,
-    text: &str,
+    text: String,
 ) -> Result<Option<String>, String> {
     if !ctx.policy.inbound {
         return Ok(None);
     }
-    match verdict(&ctx.policy, ctx.pipelock.scan_inbound(text)) {
+    let p = ctx.pipelock.clone();
+    let findings = scan_off_thread(text.len(), move || p.scan_inbound(&text))
+        .await
+        .ok_or_else(|| "the message scan failed".to_string())?;
+    match verdict(&ctx.policy, findings) {
         InboundVerdict::Block(why) => {
             (ctx.note)(&format!("websocket {why}"), true);
             Err(why)

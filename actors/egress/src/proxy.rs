@@ -27,7 +27,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use bottle_pipelock::{KnownSecret, Pipelock, Safelist};
+use bottle_pipelock::{KnownSecret, Location, Pipelock, Safelist};
 
 use crate::audit::{Audit, AuditRecord};
 use crate::dial;
@@ -363,11 +363,11 @@ impl Egress {
         self.shared.shutdown.send_replace(true);
     }
 
-    /// Marks fingerprints approved for the bottle's lifetime (restored from the
-    /// approval journal at start).
-    pub fn approve_fingerprints(&self, fingerprints: &[String]) {
+    /// Marks `(host, fingerprint)` pairs approved for the bottle's lifetime (from the
+    /// approval journal, also after a restart).
+    pub fn approve_fingerprints(&self, approved: &[(String, String)]) {
         let mut safe = self.shared.safelist.write().unwrap_or_else(|p| p.into_inner());
-        safe.extend(fingerprints.iter().cloned());
+        safe.extend(approved.iter().map(|(host, fp)| bottle_pipelock::safelist_key(host, fp)));
     }
 
     /// The audit trail.
@@ -468,6 +468,26 @@ fn refuse_with(
     record.reason = Some(reason.clone());
     shared.audit.record(record);
     text(status, format!("bottle: blocked: {reason}\n"))
+}
+
+/// Withholds the URL and host of a refused request's audit record when pipelock finds a
+/// secret in them (refusals before the DLP stage would otherwise log them as sent).
+fn scrub(pipelock: &Pipelock, record: &mut AuditRecord, host: &str, raw_path: &str) {
+    let detectors = bottle_pipelock::Detectors::ALL;
+    if !pipelock.scan_url(raw_path, detectors).is_empty() {
+        record.path = "[withheld: dlp]".into();
+        record.alarm = true;
+        if record.reason.as_deref().is_some_and(|r| r.contains(raw_path) || r.contains('?')) {
+            record.reason = Some("refused; the reason quoted a secret and is withheld".into());
+        }
+    }
+    if !pipelock.scan_host(host, detectors).is_empty() {
+        record.host = "[withheld: dlp]".into();
+        record.alarm = true;
+        if record.reason.as_deref().is_some_and(|r| r.contains(host)) {
+            record.reason = Some("refused; the reason quoted a secret and is withheld".into());
+        }
+    }
 }
 
 /// An audit note for DLP detections: rules, locations, spellings and fingerprints.
@@ -574,6 +594,7 @@ async fn connect(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         Ok(route) => route,
         Err(reason) => {
             record.reason = Some(reason.clone());
+            scrub(&live.pipelock, &mut record, &host, "");
             shared.audit.record(record);
             return blocked(&reason);
         }
@@ -812,6 +833,7 @@ async fn forward(
                 // The URL may hold the credential itself: keep it out of every log.
                 record.path = "[withheld: credential canary]".into();
             }
+            scrub(&live.pipelock, &mut record, &ctx.host, &raw_path);
             shared.audit.record(record);
             return blocked(&reason);
         }
@@ -826,6 +848,7 @@ async fn forward(
     };
     let refuse = |reason: String, mut record: AuditRecord| {
         record.reason = Some(reason.clone());
+        scrub(&live.pipelock, &mut record, &ctx.host, &raw_path);
         shared.audit.record(record);
         blocked(&reason)
     };
@@ -885,11 +908,13 @@ async fn forward(
                 }
             }
         }
+        // Only headers the proxy removes and replaces go unscanned.
         let mut skip = vec![header::AUTHORIZATION, header::PROXY_AUTHORIZATION];
         if let Some(name) = route
             .spec
             .auth
             .as_ref()
+            .filter(|a| a.scheme == AuthScheme::Header && route.token().is_some())
             .and_then(|a| a.header.as_deref())
             .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
         {
@@ -908,6 +933,14 @@ async fn forward(
             Ok(passed) => {
                 if !passed.detections.is_empty() {
                     record.dlp = Some(dlp_note(&passed.action, &passed.detections));
+                    // What the audit keeps of the URL: the redacted one, or nothing when an
+                    // approved secret is in it.
+                    let in_url = passed.detections.iter().any(|d| d.location == Location::Url);
+                    record.path = if passed.action == "redacted" || !in_url {
+                        path_and_query.clone()
+                    } else {
+                        "[withheld: approved secret]".into()
+                    };
                 }
             }
             Err(refusal) => {
@@ -1023,13 +1056,20 @@ async fn forward(
     // pipelock, inbound: text responses are buffered and scanned whole; event streams
     // are scanned event by event (below, as the body streams).
     let sse = !upgraded && policy.inbound && dlp::event_stream(resp.headers());
-    if !upgraded && policy.inbound && !sse && dlp::text_like(resp.headers()) {
+    let response_coding = dlp::joined_header(resp.headers(), &header::CONTENT_ENCODING);
+    let encoded = !matches!(&response_coding, Ok(None));
+    if !upgraded && policy.inbound && (response_coding.is_err() || (sse && encoded)) {
+        // A coding nobody agrees on, or a compressed event stream: cannot be scanned.
+        record.verdict = "block";
+        record.status = 502;
+        let reason = "the response's Content-Encoding cannot be scanned".to_string();
+        record.reason = Some(reason.clone());
+        shared.audit.record(record);
+        return text(StatusCode::BAD_GATEWAY, format!("bottle: blocked: {reason}\n"));
+    }
+    if !upgraded && policy.inbound && !sse && !dlp::binary_media(resp.headers()) {
         let (mut rparts, rbody) = resp.into_parts();
-        let coding = rparts
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let coding = response_coding.ok().flatten();
         let bytes = match dlp::collect_limited(rbody, shared.config.dlp.max_response_body).await {
             Ok(Some(b)) => b,
             Ok(None) => {

@@ -481,6 +481,10 @@ fn compile(spec: RouteSpec, env: &dyn Fn(&str) -> Option<String>) -> Result<Rout
             {
                 return Err(bad("auth scheme `header` needs `header: <name>`".into()));
             }
+            if auth.scheme != AuthScheme::Header && auth.header.is_some() {
+                // The named header would be neither replaced nor scanned.
+                return Err(bad("`header:` belongs to auth scheme `header` only".into()));
+            }
             // The name only, never the value.
             let value = env(&auth.token_ref).filter(|v| !v.is_empty()).ok_or_else(|| {
                 bad(format!("token_ref {:?} is not set in the host environment", auth.token_ref))

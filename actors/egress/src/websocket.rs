@@ -6,8 +6,11 @@
 //! until complete, and scanned; outbound ones go through the route's block / redact /
 //! hold policy, inbound ones through injection detection. A frame with a reserved bit
 //! set (compression we did not let the peers negotiate), an unknown opcode, or a message
-//! over [`MAX_MESSAGE`] closes both sides with 1008 (policy violation): fail closed.
-//! Binary messages are relayed unscanned.
+//! over [`MAX_MESSAGE`] closes both sides (1008 policy, 1002 protocol, 1009 size): fail
+//! closed. Binary messages are scanned as lossy UTF-8 (as bodies are) and cannot be
+//! redacted; control frames are checked (at most 125 bytes, final) and their payloads
+//! scanned going out. Clients must mask; frames sent upstream get our own fresh masking
+//! keys, never the agent's.
 
 use std::sync::Arc;
 
@@ -105,12 +108,20 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<Fra
 /// Close frame with a status code and reason; masked when sent by a client.
 fn close_frame(code: u16, reason: &str, masked: bool) -> Vec<u8> {
     let mut payload = code.to_be_bytes().to_vec();
-    payload.extend(reason.bytes().take(120));
-    let mask = masked.then(|| {
-        use rand::Rng;
-        rand::rng().random::<[u8; 4]>()
-    });
-    Frame { fin: true, rsv: 0, opcode: OP_CLOSE, mask, payload }.encode()
+    // At most 123 bytes of reason, cut on a character boundary (it must stay UTF-8).
+    let mut cut = reason.len().min(120);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    payload.extend(reason[..cut].bytes());
+    Frame { fin: true, rsv: 0, opcode: OP_CLOSE, mask: masked.then(fresh_mask), payload }.encode()
+}
+
+/// A new masking key: frames we send upstream never reuse the agent's key (which would
+/// let the agent choose the exact bytes on the upstream wire).
+fn fresh_mask() -> [u8; 4] {
+    use rand::Rng;
+    rand::rng().random::<[u8; 4]>()
 }
 
 /// Writes an audit note: (text, whether it is a block).
@@ -137,7 +148,8 @@ enum Direction {
     In,
 }
 
-/// Relays frames both ways until either side closes or a scan refuses.
+/// Relays frames both ways until either side closes or a scan refuses. After one side's
+/// Close, the other direction gets a few seconds to answer with its own.
 pub(crate) async fn relay<C, U>(client: C, upstream: U, ctx: WsContext)
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -149,9 +161,11 @@ where
     let upstream_w = Arc::new(tokio::sync::Mutex::new(upstream_w));
     let out = pump(client_r, upstream_w.clone(), client_w.clone(), Direction::Out, ctx.clone());
     let inb = pump(upstream_r, client_w.clone(), upstream_w.clone(), Direction::In, ctx);
+    tokio::pin!(out, inb);
+    let grace = std::time::Duration::from_secs(5);
     tokio::select! {
-        () = out => {}
-        () = inb => {}
+        () = &mut out => { let _ = tokio::time::timeout(grace, &mut inb).await; }
+        () = &mut inb => { let _ = tokio::time::timeout(grace, &mut out).await; }
     }
     let _ = client_w.lock().await.shutdown().await;
     let _ = upstream_w.lock().await.shutdown().await;
@@ -168,61 +182,71 @@ async fn pump<R, W, B>(
     W: AsyncWrite + Unpin,
     B: AsyncWrite + Unpin,
 {
-    // Frames from the agent are masked; we send upstream as a client (masked) and to
-    // the agent as a server (unmasked).
-    let refuse = |why: &str| {
+    // We send upstream as a client (masked, with our own keys) and to the agent as a
+    // server (unmasked).
+    let outbound = direction == Direction::Out;
+    let refuse = |code: u16, why: &str| {
         let why = why.to_string();
         let (to, back) = (to.clone(), back.clone());
         async move {
-            let masked_to = direction == Direction::Out;
             let _ =
-                to.lock().await.write_all(&close_frame(1008, "bottle: blocked", masked_to)).await;
-            let _ = back.lock().await.write_all(&close_frame(1008, &why, !masked_to)).await;
+                to.lock().await.write_all(&close_frame(code, "bottle: blocked", outbound)).await;
+            let _ = back.lock().await.write_all(&close_frame(code, &why, !outbound)).await;
         }
+    };
+    let send = |mut frame: Frame| {
+        frame.mask = outbound.then(fresh_mask);
+        let to = to.clone();
+        async move { to.lock().await.write_all(&frame.encode()).await.is_ok() }
     };
     let mut message: Vec<Frame> = Vec::new();
     let mut size = 0usize;
-    let mut in_binary = false;
     loop {
         let frame = match read_frame(&mut from, MAX_MESSAGE).await {
             Ok(f) => f,
             Err(_) => return,
         };
-        if frame.rsv != 0 || !matches!(frame.opcode, 0 | 1 | 2 | 8 | 9 | 10) {
+        if frame.rsv != 0 || !matches!(frame.opcode, 0..=2 | 8..=10) {
             (ctx.note)("websocket frame with reserved bits or an unknown opcode", true);
-            refuse("unsupported websocket frame").await;
+            refuse(1008, "unsupported websocket frame").await;
             return;
         }
-        let passes = match frame.opcode {
-            // Control frames may interleave with a fragmented message.
-            8..=10 => true,
-            OP_BINARY if message.is_empty() && !in_binary => {
-                in_binary = !frame.fin;
-                true
-            }
-            OP_CONTINUATION if in_binary => {
-                in_binary = !frame.fin;
-                true
-            }
-            OP_TEXT if message.is_empty() && !in_binary => false,
-            OP_CONTINUATION if !message.is_empty() => false,
-            _ => {
-                refuse("websocket frames out of order").await;
+        // RFC 6455: clients mask every frame.
+        if outbound && frame.mask.is_none() {
+            refuse(1002, "unmasked client frame").await;
+            return;
+        }
+        if frame.opcode >= 8 {
+            // Control frames: at most 125 bytes, never fragmented; they may interleave
+            // with a fragmented message and pass at once (after a scan, going out).
+            if frame.payload.len() > 125 || !frame.fin {
+                refuse(1002, "malformed control frame").await;
                 return;
             }
-        };
-        if passes {
-            if to.lock().await.write_all(&frame.encode()).await.is_err() {
-                return;
+            if outbound && frame.payload.len() > 2 {
+                let text = String::from_utf8_lossy(&frame.payload).into_owned();
+                if !matches!(dlp::inspect_frame(&ctx, &text).await, Ok(None)) {
+                    refuse(1008, "control frame payload refused").await;
+                    return;
+                }
             }
-            if frame.opcode == OP_CLOSE {
+            let close = frame.opcode == OP_CLOSE;
+            if !send(frame).await || close {
                 return;
             }
             continue;
         }
+        match frame.opcode {
+            OP_TEXT | OP_BINARY if message.is_empty() => {}
+            OP_CONTINUATION if !message.is_empty() => {}
+            _ => {
+                refuse(1002, "websocket frames out of order").await;
+                return;
+            }
+        }
         size += frame.payload.len();
         if size > MAX_MESSAGE {
-            refuse("websocket message exceeds the scan limit").await;
+            refuse(1009, "websocket message exceeds the scan limit").await;
             return;
         }
         let fin = frame.fin;
@@ -230,34 +254,39 @@ async fn pump<R, W, B>(
         if !fin {
             continue;
         }
-        let text: Vec<u8> = message.iter().flat_map(|f| f.payload.iter().copied()).collect();
-        let text = String::from_utf8_lossy(&text).into_owned();
+        // Text and binary messages alike (binary read as lossy UTF-8, as bodies are).
+        let binary = message[0].opcode == OP_BINARY;
+        let bytes: Vec<u8> = message.iter().flat_map(|f| f.payload.iter().copied()).collect();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         let verdict = match direction {
             Direction::Out => dlp::inspect_frame(&ctx, &text).await,
-            Direction::In => dlp::inspect_inbound_frame(&ctx, &text),
+            Direction::In => dlp::inspect_inbound_frame(&ctx, text).await,
         };
-        let bytes: Vec<u8> = match verdict {
-            Ok(None) => message.iter().flat_map(Frame::encode).collect(),
-            Ok(Some(replacement)) => {
-                let first = &message[0];
-                Frame {
-                    fin: true,
-                    rsv: 0,
-                    opcode: OP_TEXT,
-                    mask: first.mask,
-                    payload: replacement.into_bytes(),
-                }
-                .encode()
+        let frames: Vec<Frame> = match verdict {
+            Ok(None) => std::mem::take(&mut message),
+            // A binary message cannot be redacted in place: refuse it.
+            Ok(Some(_)) if binary => {
+                refuse(1008, "a binary message holds a secret").await;
+                return;
             }
+            Ok(Some(replacement)) => vec![Frame {
+                fin: true,
+                rsv: 0,
+                opcode: OP_TEXT,
+                mask: None,
+                payload: replacement.into_bytes(),
+            }],
             Err(why) => {
-                refuse(&why).await;
+                refuse(1008, &why).await;
                 return;
             }
         };
         message.clear();
         size = 0;
-        if to.lock().await.write_all(&bytes).await.is_err() {
-            return;
+        for frame in frames {
+            if !send(frame).await {
+                return;
+            }
         }
     }
 }

@@ -256,6 +256,22 @@ impl Journal {
                 decision: d.to_string(),
             });
         }
+        // Past its expiry the hold was refused already (the waiting request gave up):
+        // an approval now would only safelist a value nobody looked at in time.
+        if decision != Decision::Expire && h.expires_at <= now() {
+            let entry = Entry::Decide {
+                id: id.to_string(),
+                at: now(),
+                decision: Decision::Expire,
+                reason: None,
+                by: "bottle".into(),
+            };
+            append_line(&mut file, &entry).map_err(|e| self.io(e))?;
+            return Err(ApprovalError::AlreadyDecided {
+                id: id.to_string(),
+                decision: "expired".into(),
+            });
+        }
         let entry =
             Entry::Decide { id: id.to_string(), at: now(), decision, reason, by: by.to_string() };
         append_line(&mut file, &entry).map_err(|e| self.io(e))
@@ -276,7 +292,18 @@ fn read_locked(file: &mut File) -> std::io::Result<(Vec<Entry>, u64)> {
 }
 
 fn append_line(file: &mut File, entry: &Entry) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+    let mut line = Vec::new();
+    // A torn last line (a crash mid-write) must not swallow this one: start on a new line.
+    let len = file.seek(SeekFrom::End(0))?;
+    if len > 0 {
+        file.seek(SeekFrom::Start(len - 1))?;
+        let mut last = [0u8; 1];
+        file.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            line.push(b'\n');
+        }
+    }
+    line.extend(serde_json::to_vec(entry).map_err(std::io::Error::other)?);
     line.push(b'\n');
     // One write of the whole line (O_APPEND): readers see all of it or none of it.
     file.write_all(&line)?;
@@ -383,9 +410,9 @@ type AnswerPort = RpcReplyPort<Option<(Decision, Option<String>)>>;
 #[derive(Debug)]
 pub struct ApprovalStore;
 
-/// Called with the fingerprints of every approval the store sees (including ones made
+/// Called with the `(host, fingerprint)` pairs of every approval the store sees (including ones made
 /// while no request waited, e.g. after a restart), to put them on the safelist.
-pub type OnApprove = std::sync::Arc<dyn Fn(&[String]) + Send + Sync>;
+pub type OnApprove = std::sync::Arc<dyn Fn(&[(String, String)]) + Send + Sync>;
 
 /// What the store starts from.
 #[derive(Clone)]
@@ -394,6 +421,8 @@ pub struct StoreArgs {
     pub dir: PathBuf,
     /// Safelist hook.
     pub on_approve: Option<OnApprove>,
+    /// Only holds of this bottle count (a directory may be shared); `None`: all.
+    pub bottle: Option<String>,
 }
 
 impl std::fmt::Debug for StoreArgs {
@@ -404,13 +433,14 @@ impl std::fmt::Debug for StoreArgs {
 
 impl From<PathBuf> for StoreArgs {
     fn from(dir: PathBuf) -> StoreArgs {
-        StoreArgs { dir, on_approve: None }
+        StoreArgs { dir, on_approve: None, bottle: None }
     }
 }
 
 /// Its state.
 pub struct StoreState {
     on_approve: Option<OnApprove>,
+    bottle: Option<String>,
     journal: Journal,
     offset: u64,
     entries: Vec<Entry>,
@@ -439,7 +469,7 @@ impl StoreState {
                 .filter(|h| matches!(h.decision, Some((Decision::Approve, _))))
                 .filter(|h| !before.iter().any(|b| b.id == h.id && b.decision.is_some()))
                 .collect();
-            let fps = approved_fingerprints(&newly);
+            let fps = approved_pairs(&newly, self.bottle.as_deref());
             if !fps.is_empty() {
                 hook(&fps);
             }
@@ -501,13 +531,14 @@ impl Actor for ApprovalStore {
         tracing::info!(journal = %journal.path().display(), pending, "Approval queue open.");
         let ticker = myself.send_interval(POLL, || ApprovalMsg::Tick);
         if let Some(hook) = &args.on_approve {
-            let fps = approved_fingerprints(&replay(&entries));
+            let fps = approved_pairs(&replay(&entries), args.bottle.as_deref());
             if !fps.is_empty() {
                 hook(&fps);
             }
         }
         Ok(StoreState {
             on_approve: args.on_approve,
+            bottle: args.bottle,
             journal,
             offset,
             entries,
@@ -525,9 +556,11 @@ impl Actor for ApprovalStore {
         match msg {
             ApprovalMsg::Submit(request, timeout, reply) => {
                 state.catch_up();
-                let approved = approved_fingerprints(&state.held());
+                let approved = approved_pairs(&state.held(), state.bottle.as_deref());
                 let covered = !request.detections.is_empty()
-                    && request.detections.iter().all(|d| approved.contains(&d.fingerprint));
+                    && request.detections.iter().all(|d| {
+                        approved.iter().any(|(h, fp)| *h == request.host && *fp == d.fingerprint)
+                    });
                 let result = if covered {
                     Ok(Submitted::AlreadyApproved)
                 } else {
@@ -659,8 +692,17 @@ impl ApprovalClient {
 
 /// Fingerprints of every approved hold in the journal (to restore the safelist).
 pub fn approved_fingerprints(held: &[Held]) -> Vec<String> {
+    approved_pairs(held, None).into_iter().map(|(_, fp)| fp).collect()
+}
+
+/// `(host, fingerprint)` of every approved hold (of `bottle`, when given): approvals are
+/// per destination.
+pub fn approved_pairs(held: &[Held], bottle: Option<&str>) -> Vec<(String, String)> {
     held.iter()
         .filter(|h| matches!(h.decision, Some((Decision::Approve, _))))
-        .flat_map(|h| h.request.detections.iter().map(|d| d.fingerprint.clone()))
+        .filter(|h| bottle.is_none_or(|b| h.request.bottle == b))
+        .flat_map(|h| {
+            h.request.detections.iter().map(|d| (h.request.host.clone(), d.fingerprint.clone()))
+        })
         .collect()
 }

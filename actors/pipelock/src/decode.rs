@@ -10,8 +10,9 @@ use std::io::Read;
 /// Why a body could not be decoded for scanning.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    /// A coding nobody here reads.
-    #[error("unsupported content-encoding {0:?}")]
+    /// A coding nobody here reads. (The value is kept for the caller but never
+    /// displayed: it is agent- or upstream-controlled text.)
+    #[error("unsupported content-encoding")]
     Unsupported(String),
     /// The decoded body exceeds the limit.
     #[error("decoded body exceeds {0} bytes")]
@@ -53,17 +54,51 @@ fn decode_one(coding: &str, data: &[u8], limit: usize) -> Result<Vec<u8>, Decode
     let reader: Box<dyn Read + '_> = match coding {
         "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(data)),
         "deflate" => {
-            // RFC 9110 says zlib-wrapped; some servers send raw deflate. Try both.
+            // RFC 9110 says zlib-wrapped; some servers send raw deflate. Try both, and
+            // refuse bytes after the end of the stream (they would go out unscanned).
             let mut out = Vec::new();
-            let zlib = read_limited(flate2::read::ZlibDecoder::new(data), limit, &mut out);
-            match zlib {
-                Ok(()) => return Ok(out),
+            let mut zlib = flate2::bufread::ZlibDecoder::new(data);
+            match read_limited(&mut zlib, limit, &mut out) {
+                Ok(()) if zlib.get_ref().is_empty() => return Ok(out),
+                Ok(()) => return Err(corrupt()),
                 Err(DecodeError::TooLarge(n)) => return Err(DecodeError::TooLarge(n)),
-                Err(_) => Box::new(flate2::read::DeflateDecoder::new(data)),
+                Err(_) => {}
             }
+            let mut raw = flate2::bufread::DeflateDecoder::new(data);
+            let mut out = Vec::new();
+            read_limited(&mut raw, limit, &mut out).map_err(|e| match e {
+                DecodeError::TooLarge(n) => DecodeError::TooLarge(n),
+                _ => corrupt(),
+            })?;
+            if !raw.get_ref().is_empty() {
+                return Err(corrupt());
+            }
+            return Ok(out);
         }
         "br" => Box::new(brotli_decompressor::Decompressor::new(data, 4096)),
-        "zstd" => Box::new(ruzstd::decoding::StreamingDecoder::new(data).map_err(|_| corrupt())?),
+        "zstd" => {
+            // Every frame, as libzstd decodes them: a decoder that stopped after the
+            // first would scan one frame while the upstream reads them all.
+            let mut input: &[u8] = data;
+            let mut out = Vec::new();
+            while !input.is_empty() {
+                let before = input.len();
+                let decoder =
+                    ruzstd::decoding::StreamingDecoder::new(&mut input).map_err(|_| corrupt())?;
+                let mut frame = Vec::new();
+                read_limited(decoder, limit.saturating_sub(out.len()), &mut frame).map_err(
+                    |e| match e {
+                        DecodeError::TooLarge(_) => DecodeError::TooLarge(limit),
+                        _ => corrupt(),
+                    },
+                )?;
+                out.extend(frame);
+                if input.len() >= before {
+                    return Err(corrupt());
+                }
+            }
+            return Ok(out);
+        }
         other => return Err(DecodeError::Unsupported(other.to_string())),
     };
     let mut out = Vec::new();

@@ -98,6 +98,16 @@ impl Detectors {
     }
 }
 
+/// Detections reported per scanned part at most; past that the part is refused anyway
+/// (and a redaction would leave the rest, which the re-scan catches).
+pub const MAX_DETECTIONS: usize = 256;
+
+/// Safelist entries are per destination host: an approval for one host is not one for
+/// every host.
+pub fn safelist_key(host: &str, fingerprint: &str) -> String {
+    format!("{host}\0{fingerprint}")
+}
+
 /// The placeholder written over a redacted secret.
 pub const REDACTED: &str = "REDACTED";
 
@@ -145,15 +155,24 @@ impl Pipelock {
         self.scanner.rule_count()
     }
 
-    /// Marks fingerprints as approved for the bottle's lifetime.
-    pub fn approve<'a>(&self, fingerprints: impl IntoIterator<Item = &'a str>) {
+    /// Marks fingerprints as approved toward `host` for the bottle's lifetime.
+    pub fn approve<'a>(&self, host: &str, fingerprints: impl IntoIterator<Item = &'a str>) {
         let mut safe = self.safelist.write().unwrap_or_else(|p| p.into_inner());
-        safe.extend(fingerprints.into_iter().map(str::to_string));
+        safe.extend(fingerprints.into_iter().map(|fp| safelist_key(host, fp)));
     }
 
-    /// Whether a fingerprint was approved.
-    pub fn is_approved(&self, fingerprint: &str) -> bool {
-        self.safelist.read().unwrap_or_else(|p| p.into_inner()).contains(fingerprint)
+    /// Whether a fingerprint was approved toward `host`.
+    pub fn is_approved(&self, host: &str, fingerprint: &str) -> bool {
+        self.safelist
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&safelist_key(host, fingerprint))
+    }
+
+    /// `detections` without the ones approved toward `host` (scanning found them all: a
+    /// second secret next to an approved one is still there).
+    pub fn unapproved(&self, host: &str, detections: Vec<Detection>) -> Vec<Detection> {
+        detections.into_iter().filter(|d| !self.is_approved(host, &d.fingerprint)).collect()
     }
 
     /// The target host: exfiltration-shaped labels and secrets in the name.
@@ -202,9 +221,13 @@ impl Pipelock {
         out
     }
 
-    /// A WebSocket text message.
+    /// A WebSocket message, including JSON string fields joined.
     pub fn scan_frame(&self, text: &str, detectors: Detectors) -> Vec<Detection> {
-        self.scan(Location::Frame, text, detectors)
+        let mut out = self.scan(Location::Frame, text, detectors);
+        if let Some(joined) = normalize::joined_json(text) {
+            self.scan_joined(Location::Frame, &joined, detectors, &mut out);
+        }
+        out
     }
 
     /// Prompt-injection findings in response text.
@@ -219,8 +242,9 @@ impl Pipelock {
         detectors: Detectors,
         out: &mut Vec<Detection>,
     ) {
+        let known: HashSet<String> = out.iter().map(|o| o.fingerprint.clone()).collect();
         for mut d in self.scan(location, joined, detectors) {
-            if out.iter().any(|o| o.fingerprint == d.fingerprint) {
+            if known.contains(&d.fingerprint) || out.len() >= MAX_DETECTIONS {
                 continue;
             }
             d.encoding = "joined".into();
@@ -229,7 +253,7 @@ impl Pipelock {
         }
     }
 
-    /// Every detection in `text` under all its spellings, minus approved fingerprints.
+    /// Every detection in `text` under all its spellings (at most [`MAX_DETECTIONS`]).
     pub fn scan(&self, location: Location, text: &str, detectors: Detectors) -> Vec<Detection> {
         if !detectors.any() {
             return Vec::new();
@@ -240,11 +264,15 @@ impl Pipelock {
             encoding: Encoding::Raw,
             origin: normalize::Origin::Identity,
         };
+        let mut seen = HashSet::new();
         let found = self.scanner.scan(text);
-        self.collect(&raw, found, &location, detectors, &mut out);
+        self.collect(&raw, found, &location, detectors, &mut out, &mut seen);
         for view in normalize::derived_views(text) {
+            if out.len() >= MAX_DETECTIONS {
+                break;
+            }
             let found = self.scanner.scan(&view.text);
-            self.collect(&view, found, &location, detectors, &mut out);
+            self.collect(&view, found, &location, detectors, &mut out, &mut seen);
         }
         out
     }
@@ -256,19 +284,20 @@ impl Pipelock {
         location: &Location,
         detectors: Detectors,
         out: &mut Vec<Detection>,
+        seen: &mut HashSet<(String, Option<(usize, usize)>)>,
     ) {
         for f in found {
             let known = f.rule.starts_with("known-secret:");
             if (known && !detectors.known_secrets) || (!known && !detectors.token_patterns) {
                 continue;
             }
-            if self.is_approved(&f.fingerprint) {
-                continue;
+            if out.len() >= MAX_DETECTIONS {
+                return;
             }
             let span = view.raw_span(f.start, f.end);
             // The same secret seen again in another spelling adds nothing new, unless
             // this spelling maps to a different raw span.
-            if out.iter().any(|d| d.fingerprint == f.fingerprint && d.span == span) {
+            if !seen.insert((f.fingerprint.clone(), span)) {
                 continue;
             }
             out.push(Detection {

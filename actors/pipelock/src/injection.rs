@@ -49,13 +49,13 @@ const PHRASES: &[PhraseRule] = &[
         id: "ignore-previous-instructions",
         confidence: Confidence::High,
         keywords: &["ignore", "disregard", "forget", "override", "bypass"],
-        pattern: r"(?i)\b(?:ignore|disregard|forget|override|bypass)\s+(?:all\s+|any\s+|each\s+|every\s+)?(?:of\s+)?(?:the\s+|your\s+|my\s+|these\s+|those\s+)?(?:previous|prior|above|earlier|preceding|original|initial|system|existing)\s+(?:instructions?|prompts?|directions?|directives?|rules|guidelines|guardrails|context|messages?)",
+        pattern: r"(?i)(?-u:\b)(?:ignore|disregard|forget|override|bypass)\s+(?:all\s+|any\s+|each\s+|every\s+)?(?:of\s+)?(?:the\s+|your\s+|my\s+|these\s+|those\s+)?(?:previous|prior|above|earlier|preceding|original|initial|system|existing)\s+(?:instructions?|prompts?|directions?|directives?|rules|guidelines|guardrails|context|messages?)",
     },
     PhraseRule {
         id: "new-instructions",
         confidence: Confidence::High,
         keywords: &["instructions", "system prompt"],
-        pattern: r"(?i)(?:\byour\s+new\s+(?:instructions|system\s+prompt|task)\s+(?:are|is)\b|\bnew\s+system\s+prompt\s*:|\bupdated\s+instructions\s+from\s+(?:the\s+)?(?:user|operator|developer|system|anthropic|openai)\b)",
+        pattern: r"(?i)(?:(?-u:\b)your\s+new\s+(?:instructions|system\s+prompt|task)\s+(?:are|is)(?-u:\b)|(?-u:\b)new\s+system\s+prompt\s*:|(?-u:\b)updated\s+instructions\s+from\s+(?:the\s+)?(?:user|operator|developer|system|anthropic|openai)(?-u:\b))",
     },
     PhraseRule {
         id: "role-token-spoofing",
@@ -86,25 +86,25 @@ const PHRASES: &[PhraseRule] = &[
         id: "jailbreak-persona",
         confidence: Confidence::High,
         keywords: &["you are now", "developer mode", "jailbr", "do anything now"],
-        pattern: r"(?i)(?:\byou\s+are\s+now\s+(?:in\s+)?(?:dan|developer\s+mode|jailbroken|unrestricted|unfiltered|an?\s+(?:unrestricted|unfiltered|evil))\b|\benable\s+developer\s+mode\b|\bdo\s+anything\s+now\b)",
+        pattern: r"(?i)(?:(?-u:\b)you\s+are\s+now\s+(?:in\s+)?(?:dan|developer\s+mode|jailbroken|unrestricted|unfiltered|an?\s+(?:unrestricted|unfiltered|evil))(?-u:\b)|(?-u:\b)enable\s+developer\s+mode(?-u:\b)|(?-u:\b)do\s+anything\s+now(?-u:\b))",
     },
     PhraseRule {
         id: "exfiltrate-secrets",
         confidence: Confidence::High,
         keywords: &["send", "post", "upload", "exfiltrate", "leak", "curl"],
-        pattern: r"(?i)\b(?:send|post|upload|exfiltrate|leak|curl|transmit|forward)\b[^.\n]{0,40}\b(?:your|the|all)\s+(?:api\s+keys?|credentials|secrets|tokens?|passwords?|env(?:ironment)?\s+variables|ssh\s+keys?|\.env)\b[^.\n]{0,40}\b(?:to|at)\s+(?:https?://|this\s+url|the\s+following)",
+        pattern: r"(?i)(?-u:\b)(?:send|post|upload|exfiltrate|leak|curl|transmit|forward)(?-u:\b)[^.\n]{0,40}(?-u:\b)(?:your|the|all)\s+(?:api\s+keys?|credentials|secrets|tokens?|passwords?|env(?:ironment)?\s+variables|ssh\s+keys?|\.env)(?-u:\b)[^.\n]{0,40}(?-u:\b)(?:to|at)\s+(?:https?://|this\s+url|the\s+following)",
     },
     PhraseRule {
         id: "conceal-from-user",
         confidence: Confidence::Medium,
         keywords: &["user", "human", "operator"],
-        pattern: r"(?i)\b(?:do\s+not|don't|never)\s+(?:tell|inform|mention\s+(?:this\s+)?to|reveal\s+(?:this\s+)?to|show)\s+(?:the\s+)?(?:user|human|operator)\b|\bwithout\s+(?:telling|informing|alerting)\s+(?:the\s+)?(?:user|human|operator)\b",
+        pattern: r"(?i)(?-u:\b)(?:do\s+not|don't|never)\s+(?:tell|inform|mention\s+(?:this\s+)?to|reveal\s+(?:this\s+)?to|show)\s+(?:the\s+)?(?:user|human|operator)(?-u:\b)|(?-u:\b)without\s+(?:telling|informing|alerting)\s+(?:the\s+)?(?:user|human|operator)(?-u:\b)",
     },
     PhraseRule {
         id: "instruction-override-soft",
         confidence: Confidence::Medium,
         keywords: &["from now on", "act as", "pretend to be", "important:"],
-        pattern: r"(?i)(?:\bfrom\s+now\s+on,?\s+you\s+(?:will|must|are)\b|\b(?:act|behave)\s+as\s+(?:if\s+you\s+(?:were|are)\s+)?(?:an?\s+)?(?:unrestricted|unfiltered|different)\b|\bpretend\s+to\s+be\s+(?:an?\s+)?(?:system|admin|developer|operator)\b|\bimportant\s*:\s*(?:the\s+)?(?:ai|assistant|agent|model|claude|llm)\s+(?:must|should)\b)",
+        pattern: r"(?i)(?:(?-u:\b)from\s+now\s+on,?\s+you\s+(?:will|must|are)(?-u:\b)|(?-u:\b)(?:act|behave)\s+as\s+(?:if\s+you\s+(?:were|are)\s+)?(?:an?\s+)?(?:unrestricted|unfiltered|different)(?-u:\b)|(?-u:\b)pretend\s+to\s+be\s+(?:an?\s+)?(?:system|admin|developer|operator)(?-u:\b)|(?-u:\b)important\s*:\s*(?:the\s+)?(?:ai|assistant|agent|model|claude|llm)\s+(?:must|should)(?-u:\b))",
     },
 ];
 

@@ -71,7 +71,11 @@ pub(crate) fn literals(secrets: &[KnownSecret]) -> Vec<Literal> {
                 out.push(Literal { rule: rule.clone(), text, any_case, fingerprint: fp.clone() });
             }
         };
-        push(secret.value.clone(), false);
+        // A value in one case (hex keys, placeholders) survives case changes: match it in
+        // any case.
+        let one_case = !(secret.value.chars().any(|c| c.is_ascii_uppercase())
+            && secret.value.chars().any(|c| c.is_ascii_lowercase()));
+        push(secret.value.clone(), one_case);
         for url in [false, true] {
             for align in 0..3 {
                 push(aligned(value, align, url), false);

@@ -32,13 +32,14 @@ mod scanner;
 
 pub use decode::{DecodeError, decode_body};
 pub use engine::{
-    Detection, Detectors, Location, Pipelock, PipelockError, REDACTED, Safelist, redact,
+    Detection, Detectors, Location, MAX_DETECTIONS, Pipelock, PipelockError, REDACTED, Safelist,
+    redact, safelist_key,
 };
 pub use hostname::suspicious_hostname;
 pub use injection::{Confidence, InjectionFinding, InjectionScanner, phrase_rule_ids};
 pub use known::{KnownSecret, MIN_KNOWN_LEN, base64_encode};
 pub use rules::{BUILTIN, RuleDef, RuleSpec, Validator};
 pub use scanner::{
-    DEFAULT_REACH, Finding, Literal, Scanner, ScannerError, WINDOW_AFTER, WINDOW_BEFORE,
-    shannon_entropy,
+    DEFAULT_REACH, Finding, Literal, MAX_FINDINGS, Scanner, ScannerError, WINDOW_AFTER,
+    WINDOW_BEFORE, shannon_entropy,
 };

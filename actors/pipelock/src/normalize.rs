@@ -156,26 +156,34 @@ fn span_of(outer: &Origin, start: usize, end: usize) -> Origin {
 fn decode_line(line: &str) -> Option<(String, Vec<usize>, Encoding)> {
     let mut current: Option<(String, Vec<usize>)> = None;
     let mut encoding = Encoding::Escapes;
+    // Percent-decoding and escapes alternate until nothing changes (an escape may
+    // produce a `%XX`, a percent round a `\uXXXX`), within the round bound.
     for _ in 0..MAX_PERCENT_ROUNDS {
+        let mut changed = false;
         let text = current.as_ref().map_or(line, |(t, _)| t.as_str());
-        if !text.as_bytes().contains(&b'%') {
+        if text.as_bytes().contains(&b'%')
+            && let Some((decoded, map)) = percent_decode(text)
+        {
+            encoding = Encoding::Percent;
+            changed = true;
+            current = Some(match current {
+                None => (decoded, map),
+                Some((_, outer)) => (decoded, map.into_iter().map(|i| outer[i]).collect()),
+            });
+        }
+        let text = current.as_ref().map_or(line, |(t, _)| t.as_str());
+        if text.contains('\\')
+            && let Some((decoded, map)) = unescape(text)
+        {
+            changed = true;
+            current = Some(match current {
+                None => (decoded, map),
+                Some((_, outer)) => (decoded, map.into_iter().map(|i| outer[i]).collect()),
+            });
+        }
+        if !changed {
             break;
         }
-        let Some((decoded, map)) = percent_decode(text) else { break };
-        encoding = Encoding::Percent;
-        current = Some(match current {
-            None => (decoded, map),
-            Some((_, outer)) => (decoded, map.into_iter().map(|i| outer[i]).collect()),
-        });
-    }
-    let text = current.as_ref().map_or(line, |(t, _)| t.as_str());
-    if text.contains('\\')
-        && let Some((decoded, map)) = unescape(text)
-    {
-        current = Some(match current {
-            None => (decoded, map),
-            Some((_, outer)) => (decoded, map.into_iter().map(|i| outer[i]).collect()),
-        });
     }
     current.map(|(t, m)| (t, m, encoding))
 }
@@ -339,7 +347,8 @@ pub fn percent_decode(text: &str) -> Option<(String, Vec<usize>)> {
     changed.then(|| lossy_with_map(out, map))
 }
 
-/// Decodes `\uXXXX`, `\xXX` and `\/` escapes (JSON and JavaScript strings).
+/// Decodes JSON and JavaScript string escapes: `\uXXXX`, `\xXX`, `\n`, `\r`, `\t`,
+/// `\b`, `\f`, `\/`, `\"`, `\'` and `\\`.
 fn unescape(text: &str) -> Option<(String, Vec<usize>)> {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(bytes.len());
@@ -351,7 +360,12 @@ fn unescape(text: &str) -> Option<(String, Vec<usize>)> {
             let (width, value) = match bytes[i + 1] {
                 b'u' if i + 6 <= bytes.len() => (6, parse_hex(&bytes[i + 2..i + 6])),
                 b'x' if i + 4 <= bytes.len() => (4, parse_hex(&bytes[i + 2..i + 4])),
-                b'/' => (2, Some(u32::from(b'/'))),
+                b'/' | b'"' | b'\'' | b'\\' => (2, Some(u32::from(bytes[i + 1]))),
+                b'n' => (2, Some(u32::from(b'\n'))),
+                b'r' => (2, Some(u32::from(b'\r'))),
+                b't' => (2, Some(u32::from(b'\t'))),
+                b'b' => (2, Some(8)),
+                b'f' => (2, Some(12)),
                 _ => (0, None),
             };
             if let Some(c) = value.and_then(char::from_u32) {
@@ -418,7 +432,9 @@ fn invisible(c: char) -> bool {
         | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
         | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
         | '\u{ffa0}' | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}'
-        | '\u{e0001}' | '\u{e007f}' | '\u{e0100}'..='\u{e01ef}')
+        | '\u{e0001}' | '\u{e007f}' | '\u{e0100}'..='\u{e01ef}'
+        | '\u{fff9}'..='\u{fffb}' | '\u{0600}'..='\u{0605}' | '\u{06dd}' | '\u{070f}'
+        | '\u{13430}'..='\u{1343f}' | '\u{2028}' | '\u{2029}')
 }
 
 /// Latin look-alikes from Cyrillic, Greek and other scripts (the common confusables).
@@ -493,11 +509,15 @@ fn confusable(c: char) -> Option<char> {
     })
 }
 
-/// NFKC, then invisible characters dropped, tag characters mapped to the ASCII they
+/// NFKD with combining marks dropped, NFKC, then invisible characters dropped, tag characters mapped to the ASCII they
 /// smuggle, and confusables folded to Latin.
 pub fn fold_unicode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.nfkc() {
+    // NFKD first so combining marks (underlines, accents stacked on a token) come apart
+    // from their base letters and are dropped; then the rest is composed again.
+    let stripped: String =
+        text.nfkd().filter(|&c| !unicode_normalization::char::is_combining_mark(c)).collect();
+    for c in stripped.nfkc() {
         if invisible(c) {
             continue;
         }
@@ -579,7 +599,10 @@ fn in_alphabet(b: u8) -> bool {
 ///
 /// A run of at least 16 alphabet bytes covers at least one whole 8-byte-aligned block,
 /// so the search checks blocks (branch-free) and grows a run only from a block that
-/// is entirely alphabet: prose and code cost one cheap pass.
+/// is entirely alphabet: prose and code cost one cheap pass. A run whose length is a
+/// multiple of 4 and that ends a line is joined with the following lines of the same
+/// shape (base64 wrapped at 64 or 76 columns, PEM style), so a secret that crosses a
+/// line break is decoded whole.
 fn decode_runs(text: &str, budget: &mut usize) -> Vec<(usize, usize, Encoding, String)> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
@@ -600,27 +623,22 @@ fn decode_runs(text: &str, budget: &mut usize) -> Vec<(usize, usize, Encoding, S
         while start > done && in_alphabet(bytes[start - 1]) {
             start -= 1;
         }
-        let mut body_end = start_block + 8;
-        while body_end < bytes.len() && in_alphabet(bytes[body_end]) {
-            body_end += 1;
-        }
-        // Padding belongs to the run.
-        let mut end = body_end;
-        while end < bytes.len() && bytes[end] == b'=' && end - body_end < 2 {
-            end += 1;
-        }
+        let (body, end) = wrapped_run(bytes, start);
         done = end;
-        if body_end - start < MIN_B64_RUN || *budget == 0 {
+        if body.len() < MIN_B64_RUN || *budget == 0 {
             continue;
         }
         // Lowercase words joined by `-`, `_`, `/` or `+` (paths, slugs, identifiers) are
         // not an encoding of anything: base64 of real data has capitals or digits within
         // 16 characters (all-lowercase odds: (30/64)^16, about 1 in 180,000), and hex and
-        // base32 runs have digits.
-        if !bytes[start..body_end].iter().any(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+        // base32 runs have digits. (Lowercase base32, the DNS form, has digits too.)
+        if !body.iter().any(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
             continue;
         }
-        if let Some((encoding, decoded)) = decode_run(&bytes[start..body_end]) {
+        for (encoding, decoded) in decode_run(&body) {
+            if *budget == 0 {
+                break;
+            }
             *budget = budget.saturating_sub(decoded.len());
             out.push((start, end, encoding, decoded));
         }
@@ -628,32 +646,113 @@ fn decode_runs(text: &str, budget: &mut usize) -> Vec<(usize, usize, Encoding, S
     out
 }
 
-/// Tries hex, then base32, then base64 at each of the four alignments; keeps the first
-/// decoding that reads as text.
-fn decode_run(body: &[u8]) -> Option<(Encoding, String)> {
-    let all = |mask: u8| body.iter().all(|&b| CLASS[usize::from(b)] & mask != 0);
-    if body.len() >= MIN_HEX_RUN && all(HEX_CLASS) {
-        let even = &body[..body.len() & !1];
-        let decoded: Vec<u8> = even
-            .chunks(2)
-            .map(|p| hex_val(p[0]).unwrap_or(0) << 4 | hex_val(p[1]).unwrap_or(0))
-            .collect();
-        return texty(decoded).map(|t| (Encoding::Hex, t));
-    }
-    if all(B32_CLASS)
-        && let Some(t) = texty(base32_decode(body))
-    {
-        return Some((Encoding::Base32, t));
-    }
-    for skip in 0..4 {
-        if body.len() < skip + MIN_B64_RUN {
-            break;
+/// The run starting at `start`: its alphabet bytes (wrapped lines joined) and the end of
+/// its last byte (padding included).
+fn wrapped_run(bytes: &[u8], start: usize) -> (Vec<u8>, usize) {
+    let mut body = Vec::new();
+    let mut at = start;
+    let mut first_line: Option<usize> = None;
+    loop {
+        let line_start = at;
+        while at < bytes.len() && in_alphabet(bytes[at]) {
+            at += 1;
         }
-        if let Some(t) = texty(base64_decode(&body[skip..])) {
-            return Some((Encoding::Base64, t));
+        body.extend_from_slice(&bytes[line_start..at]);
+        let line_len = at - line_start;
+        let mut end = at;
+        while end < bytes.len() && bytes[end] == b'=' && end - at < 2 {
+            end += 1;
+        }
+        // Another line of the same shape follows: keep going.
+        let newline = [&b"\r\n"[..], b"\n", b"\\r\\n", b"\\n"]
+            .iter()
+            .find(|nl| bytes[end..].starts_with(nl))
+            .map(|nl| nl.len());
+        let same_shape = line_len >= MIN_B64_RUN
+            && line_len.is_multiple_of(4)
+            && end == at
+            && first_line.is_none_or(|w| w == line_len);
+        match newline {
+            Some(n) if same_shape && end + n < bytes.len() && in_alphabet(bytes[end + n]) => {
+                first_line.get_or_insert(line_len);
+                at = end + n;
+            }
+            _ => return (body, end),
         }
     }
-    None
+}
+
+/// Every printable stretch of at least [`MIN_STRETCH`] characters in decoded bytes.
+fn stretches(bytes: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(bytes);
+    text.split(|c: char| (c.is_control() && !c.is_whitespace()) || c == '\u{fffd}')
+        .filter(|s| s.chars().count() >= MIN_STRETCH)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Shortest printable stretch kept from a decoded run.
+const MIN_STRETCH: usize = 12;
+
+/// At most this many start points inside one run (after `/`, `-`, `_`, `+`).
+const MAX_RUN_STARTS: usize = 8;
+
+/// Decodes a run every way that could make sense and keeps the printable stretches:
+/// hex (after an optional `0x`, at both nibble alignments), base32 (single-case runs,
+/// case-folded, at all 8 alignments), base64 (4 alignments); from the run's start and
+/// from just after each separator inside it (`/api/<base64>`).
+fn decode_run(body: &[u8]) -> Vec<(Encoding, String)> {
+    let mut starts = vec![0usize];
+    starts.extend(
+        body.iter()
+            .enumerate()
+            .filter(|(_, b)| matches!(b, b'/' | b'-' | b'_' | b'+'))
+            .map(|(i, _)| i + 1)
+            .filter(|&i| body.len() - i >= MIN_B64_RUN)
+            .take(MAX_RUN_STARTS),
+    );
+    let mut out: Vec<(Encoding, String)> = Vec::new();
+    let mut push = |encoding: Encoding, decoded: Vec<u8>| {
+        for stretch in stretches(&decoded) {
+            if !out.iter().any(|(_, s)| *s == stretch) {
+                out.push((encoding, stretch));
+            }
+        }
+    };
+    for &from in &starts {
+        let piece = &body[from..];
+        let hex_piece = piece.strip_prefix(b"0x").unwrap_or(piece);
+        if hex_piece.len() >= MIN_HEX_RUN && hex_piece.iter().all(u8::is_ascii_hexdigit) {
+            for skip in 0..2 {
+                let aligned = &hex_piece[skip..];
+                let even = &aligned[..aligned.len() & !1];
+                let decoded: Vec<u8> = even
+                    .chunks(2)
+                    .map(|p| hex_val(p[0]).unwrap_or(0) << 4 | hex_val(p[1]).unwrap_or(0))
+                    .collect();
+                push(Encoding::Hex, decoded);
+            }
+            continue;
+        }
+        let upper = piece.iter().any(u8::is_ascii_uppercase);
+        let lower = piece.iter().any(u8::is_ascii_lowercase);
+        let folded: Vec<u8> = piece.iter().map(u8::to_ascii_uppercase).collect();
+        if !(upper && lower) && folded.iter().all(|&b| CLASS[usize::from(b)] & B32_CLASS != 0) {
+            for skip in 0..8 {
+                if folded.len() < skip + MIN_B64_RUN {
+                    break;
+                }
+                push(Encoding::Base32, base32_decode(&folded[skip..]));
+            }
+        }
+        for skip in 0..4 {
+            if piece.len() < skip + MIN_B64_RUN {
+                break;
+            }
+            push(Encoding::Base64, base64_decode(&piece[skip..]));
+        }
+    }
+    out
 }
 
 /// Base64, standard or URL-safe alphabet, no padding needed; trailing partial bits dropped.
@@ -699,18 +798,6 @@ pub fn base32_decode(body: &[u8]) -> Vec<u8> {
         }
     }
     out
-}
-
-/// The decoded bytes as text if they read as text: valid UTF-8 and at least 90%
-/// printable or whitespace. Random bytes (a wrong alignment, a hash) fail this.
-fn texty(bytes: Vec<u8>) -> Option<String> {
-    if bytes.len() < 8 {
-        return None;
-    }
-    let text = String::from_utf8(bytes).ok()?;
-    let total = text.chars().count();
-    let printable = text.chars().filter(|c| !c.is_control() || c.is_whitespace()).count();
-    (printable * 10 >= total * 9).then_some(text)
 }
 
 /// Query parameter values (percent-decoded) joined in order, when there are two or more.

@@ -476,7 +476,7 @@ pub const BUILTIN: &[RuleSpec] = &[
             "payment-card",
             "Payment card number",
             &["card", "visa", "mastercard", "amex", "credit", "cc_num", "ccnum", " pan", "_pan"],
-            r"(?i)(?:card|visa|mastercard|amex|credit|cc_?num(?:ber)?|\bpan)[^\n0-9]{0,40}?(?P<s>(?:4[0-9]{3}|5[1-5][0-9]{2}|3[47][0-9]{2}|6011)(?:[ \-]?[0-9]{4}){2}[ \-]?[0-9]{1,4})(?:$|[^0-9])",
+            r"(?i)(?:card|visa|mastercard|amex|credit|cc_?num(?:ber)?|(?-u:\b)pan)[^\n0-9]{0,40}?(?P<s>(?:4[0-9]{3}|5[1-5][0-9]{2}|3[47][0-9]{2}|6011)(?:[ \-]?[0-9]{4}){2}[ \-]?[0-9]{1,4})(?:$|[^0-9])",
             "card number: {CARD}",
             "card number: 4111 1111 1111 1112",
         )
@@ -609,7 +609,7 @@ pub const BUILTIN: &[RuleSpec] = &[
             "basic-auth-url",
             "Credentials in a URL",
             &["://"],
-            r"(?i)\b[a-z][a-z0-9+.\-]{1,15}://[^\s:/@]{1,64}:(?P<s>[^\s:/@<>{}$*]{10,128})@[a-z0-9.\-]+",
+            r"(?i)(?-u:\b)[a-z][a-z0-9+.\-]{1,15}://[^\s:/@]{1,64}:(?P<s>[^\s:/@<>{}$*]{10,128})@[a-z0-9.\-]+",
             "https://admin:{a:16}@db.example.com/",
             "https://user:password@example.com/",
         )

@@ -120,6 +120,10 @@ fn luhn(text: &str) -> bool {
 
 fn iban(text: &str) -> bool {
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    // `(?i)[A-Z]` also matches `ſ` and the Kelvin sign: never split inside a character.
+    if !compact.is_ascii() {
+        return false;
+    }
     if !(15..=34).contains(&compact.len()) {
         return false;
     }
@@ -203,8 +207,16 @@ fn looks_like_placeholder(value: &str) -> bool {
 }
 
 pub(crate) fn excerpt(secret: &str) -> String {
-    let shown: String = secret.chars().take(4).collect();
-    let hidden = secret.chars().count().saturating_sub(4).min(24);
+    // Printable ASCII only: an excerpt is shown in the operator's terminal.
+    let shown: String =
+        secret.chars().take(4).map(|c| if c.is_ascii_graphic() { c } else { '?' }).collect();
+    let count = secret.chars().count();
+    // Short secrets (card numbers, short passwords) show nothing: 4 characters of 16
+    // would be a real head start for a guess.
+    if count < 20 {
+        return "*".repeat(count.min(24));
+    }
+    let hidden = count.saturating_sub(4).min(24);
     format!("{shown}{}", "*".repeat(hidden))
 }
 
@@ -339,7 +351,8 @@ impl Scanner {
                 Target::Literal(i) => {
                     let literal = &self.literals[*i];
                     let found = &text[m.start()..m.end()];
-                    if literal.any_case || found == literal.text {
+                    if (literal.any_case || found == literal.text) && findings.len() < MAX_FINDINGS
+                    {
                         findings.push(Finding {
                             rule: literal.rule.clone(),
                             start: m.start(),
@@ -361,6 +374,9 @@ impl Scanner {
                 windows(text, &hits[idx], rule.reach)
             };
             for (start, end) in windows {
+                if findings.len() >= MAX_FINDINGS {
+                    break;
+                }
                 let slice = &text[start..end];
                 if !rule.regex.is_match(slice) {
                     continue;
@@ -424,6 +440,10 @@ impl Scanner {
 
 /// How far past a keyword hit a rule's secret may end, unless the rule says otherwise.
 pub const DEFAULT_REACH: usize = 320;
+
+/// Findings per scan at most: past that a text is hostile or broken, and any one
+/// finding already decides the policy.
+pub const MAX_FINDINGS: usize = 4096;
 
 /// How far before a keyword hit a rule's regex may start (the line's start if nearer).
 pub const WINDOW_BEFORE: usize = 256;

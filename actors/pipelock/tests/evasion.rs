@@ -261,6 +261,20 @@ fn compressed_bodies_are_decoded_and_bombs_and_garbage_refused() {
         decode_body(Some("gzip, gzip"), &twice.finish().unwrap(), 1 << 20).unwrap(),
         body.as_bytes()
     );
+    // Every zstd frame is decoded (a second frame is not ignored).
+    let mut two = zstd_frame_raw(b"hello ");
+    two.extend(zstd_frame_raw(body.as_bytes()));
+    let decoded = decode_body(Some("zstd"), &two, 1 << 20).unwrap();
+    assert_eq!(decoded, format!("hello {body}").as_bytes());
+    // Bytes after the end of a deflate stream are refused, not ignored.
+    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    zlib.write_all(b"hello").unwrap();
+    let mut trailing = zlib.finish().unwrap();
+    trailing.extend_from_slice(body.as_bytes());
+    assert!(matches!(
+        decode_body(Some("deflate"), &trailing, 1 << 20),
+        Err(DecodeError::Corrupt { .. })
+    ));
     // A bomb: 64 MiB of zeros in a few KB.
     let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     bomb.write_all(&vec![0u8; 64 << 20]).unwrap();
@@ -381,13 +395,18 @@ fn redaction_replaces_raw_and_encoded_spans_and_refuses_unmappable_ones() {
 }
 
 #[test]
-fn approved_fingerprints_are_skipped_but_scanning_continues_past_them() {
+fn approved_fingerprints_are_skipped_per_host_but_scanning_continues_past_them() {
     let p = pipelock();
     let (first, second) = (github_token(), github_token());
     let found = p.scan_body(&first, Detectors::ALL);
-    p.approve(found.iter().map(|d| d.fingerprint.as_str()));
-    assert!(p.scan_body(&first, Detectors::ALL).is_empty());
-    let both = p.scan_body(&format!("{first} and {second}"), Detectors::ALL);
+    p.approve("api.github.com", found.iter().map(|d| d.fingerprint.as_str()));
+    assert!(p.unapproved("api.github.com", p.scan_body(&first, Detectors::ALL)).is_empty());
+    // Approved toward one host only.
+    assert_eq!(p.unapproved("evil.example", p.scan_body(&first, Detectors::ALL)).len(), 1);
+    let both = p.unapproved(
+        "api.github.com",
+        p.scan_body(&format!("{first} and {second}"), Detectors::ALL),
+    );
     assert_eq!(both.len(), 1, "{both:?}");
     assert_eq!(both[0].location, Location::Body);
 }
@@ -459,4 +478,63 @@ fn inbound_injections_by_confidence() {
     ] {
         assert!(p.scan_inbound(clean).is_empty(), "{clean:?}: {:?}", p.scan_inbound(clean));
     }
+}
+
+#[test]
+fn wrapped_and_prefixed_base64_hex_and_base32_variants_are_decoded() {
+    let p = pipelock();
+    let token = github_token();
+    // `base64` wraps at 76 columns: the token crosses a line break.
+    let payload = format!("{} {token} trailing text", "x".repeat(40));
+    let encoded = base64_encode(payload.as_bytes(), false);
+    let wrapped: Vec<&str> =
+        encoded.as_bytes().chunks(76).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    assert!(finds(&p, &wrapped.join("\n"), "github-pat-classic"), "wrapped");
+    assert!(finds(&p, &wrapped.join("\\n"), "github-pat-classic"), "wrapped with escaped newlines");
+    // After a path prefix in the same run.
+    let b64 = base64_encode(token.as_bytes(), true);
+    assert!(finds(&p, &format!("/api/v1/upload/{b64}"), "github-pat-classic"), "path prefix");
+    // Binary around the text.
+    let mut bin = vec![0xffu8, 0, 1, 2];
+    bin.extend_from_slice(token.as_bytes());
+    bin.extend_from_slice(&[0, 0, 0, 0, 0]);
+    assert!(finds(&p, &base64_encode(&bin, false), "github-pat-classic"), "binary framing");
+    // 0x hex, odd nibble, lowercase base32 (the DNS form).
+    assert!(finds(&p, &format!("v=0x{}", hex(&token)), "github-pat-classic"), "0x");
+    assert!(finds(&p, &format!("v=f{}", hex(&token)), "github-pat-classic"), "odd nibble");
+    assert!(
+        finds(&p, &base32(token.as_bytes()).to_lowercase(), "github-pat-classic"),
+        "base32 lower"
+    );
+}
+
+#[test]
+fn json_escaped_private_keys_and_mixed_layers_are_decoded() {
+    let p = pipelock();
+    let key: String = (0..3).map(|_| random(ALNUM, 64)).collect::<Vec<_>>().join("\n");
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{key}\n-----END PRIVATE KEY-----\n");
+    let json = serde_json::to_string(&serde_json::json!({ "key": pem })).unwrap();
+    assert!(json.contains("\\n"));
+    assert!(finds(&p, &json, "pem-private-key"), "{json}");
+    let token = github_token();
+    // An escape that produces a percent-escape.
+    let layered = format!("{{\"q\":\"\\u0025{}{}\"}}", hex(&token[..1]), &token[1..]);
+    assert!(finds(&p, &layered, "github-pat-classic"), "{layered}");
+    // Combining marks on every character.
+    let marked: String = token.chars().flat_map(|c| [c, '\u{332}']).collect();
+    assert!(finds(&p, &marked, "github-pat-classic"), "combining marks");
+}
+
+#[test]
+fn hostile_inputs_stay_bounded_and_cannot_panic() {
+    let p = pipelock();
+    // Many findings: capped, not quadratic.
+    let many: String = (0..20_000).map(|_| format!("{} ", github_token())).collect();
+    let started = std::time::Instant::now();
+    let found = p.scan_body(&many, Detectors::ALL);
+    assert!(found.len() <= bottle_pipelock::MAX_DETECTIONS);
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    // `(?i)[A-Z]` matches `ſ` and the Kelvin sign: the IBAN validator must not split them.
+    let _ = p.scan_body("iban \u{17f}\u{212a}12 ABCD EFGH IJKL", Detectors::ALL);
+    let _ = p.scan_body("iban \u{212a}\u{212a}12 ABCD EFGH IJKL MNOP", Detectors::ALL);
 }

@@ -36,7 +36,10 @@ fn canned(headers: &hyper::HeaderMap) -> Option<hyper::Response<Full<Bytes>>> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("text/plain")
         .to_string();
-    let mut resp = hyper::Response::builder().header("content-type", kind);
+    let mut resp = hyper::Response::builder();
+    if !kind.is_empty() {
+        resp = resp.header("content-type", kind);
+    }
     let bytes = if headers.contains_key("x-respond-gzip") {
         use std::io::Write;
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
