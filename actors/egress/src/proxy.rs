@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -503,6 +503,26 @@ fn blocked(reason: &str) -> Response<Body> {
     text(StatusCode::FORBIDDEN, format!("bottle: blocked: {reason}\n"))
 }
 
+/// Spawns hyper's per-stream tasks so that they end with the proxy.
+#[derive(Clone)]
+struct ShutdownExecutor(tokio::sync::watch::Sender<bool>);
+
+impl<F> hyper::rt::Executor<F> for ShutdownExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, work: F) {
+        let mut stop = self.0.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = work => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
+}
+
 /// Mints the leaf for the ClientHello's SNI, or for the CONNECT host when there is none.
 #[derive(Debug)]
 struct ConnResolver {
@@ -657,6 +677,7 @@ async fn bump(shared: Arc<Shared>, upgraded: hyper::upgrade::Upgraded, host: Str
         Arc::new(ConnCtx { host, port, tls: true, sni, pool: Mutex::new(Vec::new()), multiplexed });
     let verdicts: Verdicts = Arc::default();
     let io = Sniffed::new(tls, verdicts.clone());
+    let executor = ShutdownExecutor(shared.shutdown.clone());
     let service = service_fn(move |req| {
         let (shared, ctx, verdicts) = (shared.clone(), ctx.clone(), verdicts.clone());
         async move {
@@ -666,7 +687,9 @@ async fn bump(shared: Arc<Shared>, upgraded: hyper::upgrade::Upgraded, host: Str
             Ok::<_, Infallible>(forward(shared, ctx, req).await)
         }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // HTTP/2 streams run on tasks of their own: they too end when the proxy shuts down
+    // (a held request must not be released into a proxy that is gone).
+    let mut builder = hyper_util::server::conn::auto::Builder::new(executor);
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())

@@ -270,10 +270,19 @@ fn expand(text: &str, origin: &Origin, out: &mut Vec<View>, budget: &mut usize, 
         }
         let plain = changed.as_deref().unwrap_or(line);
         if !plain.is_ascii() {
-            folded.push_str(&fold_unicode(plain));
+            // Folding can make new escapes (a full-width `％`, a `%` split by a
+            // zero-width space): decode the folded line once more.
+            let f = fold_unicode(plain);
+            let f = match decode_line(&f) {
+                Some((decoded, _, _)) => decoded,
+                None => f,
+            };
+            folded.push_str(&f);
             folded.push('\n');
         }
     }
+    // Derived views count against the same budget as decoded runs.
+    *budget = budget.saturating_sub(decoded.len() + folded.len());
     let mut level: Vec<(std::borrow::Cow<'_, str>, Origin)> =
         vec![(std::borrow::Cow::Borrowed(text), origin.clone())];
     if !decoded.is_empty() {
@@ -828,11 +837,16 @@ pub fn joined_json(text: &str) -> Option<String> {
         // Find the closing quote, skipping escaped characters.
         let mut j = open + 1;
         loop {
-            let next = memchr::memchr2(b'"', b'\\', &bytes[j..]).map(|o| j + o)?;
+            let Some(next) = memchr::memchr2(b'"', b'\\', &bytes[j..]).map(|o| j + o) else {
+                // Unterminated: the rest of the text is one last value.
+                out.push_str(&text[open + 1..]);
+                return (values >= 1).then_some(out);
+            };
             if bytes[next] == b'\\' {
                 j = next + 2;
-                if j > bytes.len() {
-                    return None;
+                if j >= bytes.len() {
+                    out.push_str(&text[open + 1..]);
+                    return (values >= 1).then_some(out);
                 }
                 continue;
             }

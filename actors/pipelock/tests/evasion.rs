@@ -520,6 +520,12 @@ fn json_escaped_private_keys_and_mixed_layers_are_decoded() {
     // An escape that produces a percent-escape.
     let layered = format!("{{\"q\":\"\\u0025{}{}\"}}", hex(&token[..1]), &token[1..]);
     assert!(finds(&p, &layered, "github-pat-classic"), "{layered}");
+    // Escapes made visible only by folding: a full-width percent sign, a zero-width
+    // space inside the escape.
+    let fw = format!("q=\u{ff05}67{}", &token[1..]);
+    assert!(finds(&p, &fw, "github-pat-classic"), "full-width percent");
+    let zw = format!("q=%6\u{200b}7{}", &token[1..]);
+    assert!(finds(&p, &zw, "github-pat-classic"), "zero-width inside an escape");
     // Combining marks on every character.
     let marked: String = token.chars().flat_map(|c| [c, '\u{332}']).collect();
     assert!(finds(&p, &marked, "github-pat-classic"), "combining marks");
