@@ -11,6 +11,7 @@
 
 use crate::addr;
 use crate::routes::{Route, RouteTable, normalize_host};
+use bottle_pipelock::normalize::hex_val as hex;
 
 /// The host name of introspection requests.
 pub const INTROSPECTION_HOST: &str = "_bottle.internal";
@@ -251,39 +252,13 @@ fn is_doh(host: &str, path: &str, query: Option<&str>, headers: &[(String, Strin
     })
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Percent-decodes everything, up to 4 rounds (to see through `%252e`-style layering).
 pub fn decode_repeatedly(text: &str) -> String {
     let mut current = text.to_string();
     for _ in 0..4 {
-        let bytes = current.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        let mut changed = false;
-        while i < bytes.len() {
-            if bytes[i] == b'%'
-                && i + 2 < bytes.len()
-                && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-            {
-                out.push(h * 16 + l);
-                i += 3;
-                changed = true;
-                continue;
-            }
-            out.push(bytes[i]);
-            i += 1;
-        }
-        current = String::from_utf8_lossy(&out).into_owned();
-        if !changed {
-            break;
+        match bottle_pipelock::normalize::percent_decode(&current) {
+            Some((decoded, _)) => current = decoded,
+            None => break,
         }
     }
     current

@@ -214,18 +214,24 @@ impl Pipelock {
 
     /// A (decoded) body, including JSON string fields joined.
     pub fn scan_body(&self, body: &str, detectors: Detectors) -> Vec<Detection> {
-        let mut out = self.scan(Location::Body, body, detectors);
-        if let Some(joined) = normalize::joined_json(body) {
-            self.scan_joined(Location::Body, &joined, detectors, &mut out);
-        }
-        out
+        self.scan_document(Location::Body, body, detectors)
     }
 
     /// A WebSocket message, including JSON string fields joined.
     pub fn scan_frame(&self, text: &str, detectors: Detectors) -> Vec<Detection> {
-        let mut out = self.scan(Location::Frame, text, detectors);
+        self.scan_document(Location::Frame, text, detectors)
+    }
+
+    /// A body-like text: scanned as is, then its JSON string fields joined.
+    fn scan_document(
+        &self,
+        location: Location,
+        text: &str,
+        detectors: Detectors,
+    ) -> Vec<Detection> {
+        let mut out = self.scan(location.clone(), text, detectors);
         if let Some(joined) = normalize::joined_json(text) {
-            self.scan_joined(Location::Frame, &joined, detectors, &mut out);
+            self.scan_joined(location, &joined, detectors, &mut out);
         }
         out
     }

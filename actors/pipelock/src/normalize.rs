@@ -320,7 +320,8 @@ fn expand(text: &str, origin: &Origin, out: &mut Vec<View>, budget: &mut usize, 
     }
 }
 
-fn hex_val(b: u8) -> Option<u8> {
+/// The value of one hex digit.
+pub fn hex_val(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),
@@ -329,7 +330,7 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-/// One round of percent-decoding (and `+` as space), with each output byte's source
+/// One round of percent-decoding, with each output byte's source
 /// offset. `None` if nothing changed.
 pub fn percent_decode(text: &str) -> Option<(String, Vec<usize>)> {
     let bytes = text.as_bytes();

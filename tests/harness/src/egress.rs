@@ -249,29 +249,8 @@ impl Proxy {
     }
 
     /// Runs curl through the proxy; returns (HTTP status or 0, body, stderr).
-    #[allow(clippy::disallowed_methods)] // curl is a client under test; no reaper here
     pub fn curl(&self, args: &[&str]) -> (u16, String, String) {
-        let mut cmd = crate::external::command("curl");
-        cmd.args([
-            "-s",
-            "-S",
-            "--max-time",
-            "20",
-            "-x",
-            &format!("http://{}", self.addr),
-            "--cacert",
-        ])
-        .arg(self.ca_file())
-        .args(["-w", "\n%{http_code}"])
-        .args(args);
-        let out = crate::external::output(&mut cmd);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", "0"));
-        (
-            code.trim().parse().unwrap_or(0),
-            body.to_string(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        curl_blocking(self.addr, &self.ca_file(), args)
     }
 
     /// Sends raw bytes to the proxy and returns everything it answers until it closes
@@ -350,9 +329,30 @@ impl Proxy {
     }
 }
 
-/// Runs curl through the proxy at `addr`, trusting `ca` (off the async runtime);
-/// returns (HTTP status or 0, body, stderr).
+/// Runs curl through the proxy at `addr`, trusting `ca`; returns (HTTP status or 0,
+/// body, stderr).
 #[allow(clippy::disallowed_methods)] // curl is a client under test; no reaper here
+pub fn curl_blocking(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    args: &[&str],
+) -> (u16, String, String) {
+    let mut cmd = crate::external::command("curl");
+    cmd.args(["-s", "-S", "--max-time", "30", "-x", &format!("http://{addr}"), "--cacert"])
+        .arg(ca)
+        .args(["-w", "\n%{http_code}"])
+        .args(args);
+    let out = crate::external::output(&mut cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        body.to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`curl_blocking`] off the async runtime.
 pub async fn curl_via(
     addr: SocketAddr,
     ca: std::path::PathBuf,
@@ -360,19 +360,8 @@ pub async fn curl_via(
 ) -> (u16, String, String) {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        let mut cmd = crate::external::command("curl");
-        cmd.args(["-s", "-S", "--max-time", "30", "-x", &format!("http://{addr}"), "--cacert"])
-            .arg(&ca)
-            .args(["-w", "\n%{http_code}"])
-            .args(&args);
-        let out = crate::external::output(&mut cmd);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", "0"));
-        (
-            code.trim().parse().unwrap_or(0),
-            body.to_string(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl_blocking(addr, &ca, &refs)
     })
     .await
     .unwrap_or((0, String::new(), "curl task failed".into()))

@@ -93,26 +93,7 @@ fn header_values(echo: &serde_json::Value, name: &str) -> Vec<String> {
 }
 
 async fn curl(w: &World, args: &[&str]) -> (u16, String, String) {
-    let proxy_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let ca = w.proxy.ca_file();
-    let addr = w.proxy.addr;
-    tokio::task::spawn_blocking(move || {
-        let mut cmd = bottle_tests::external::command("curl");
-        cmd.args(["-s", "-S", "--max-time", "20", "-x", &format!("http://{addr}"), "--cacert"])
-            .arg(&ca)
-            .args(["-w", "\n%{http_code}"])
-            .args(&proxy_args);
-        let out = bottle_tests::external::output(&mut cmd);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", "0"));
-        (
-            code.trim().parse().unwrap_or(0),
-            body.to_string(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    bottle_tests::egress::curl_via(w.proxy.addr, w.proxy.ca_file(), args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
