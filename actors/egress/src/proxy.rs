@@ -1093,55 +1093,93 @@ async fn forward(
     if !upgraded && policy.inbound && !sse && !dlp::binary_media(resp.headers()) {
         let (mut rparts, rbody) = resp.into_parts();
         let coding = response_coding.ok().flatten();
-        let bytes = match dlp::collect_limited(rbody, shared.config.dlp.max_response_body).await {
-            Ok(Some(b)) => b,
-            Ok(None) => {
-                record.verdict = "block";
-                record.status = 502;
-                let reason = format!(
-                    "the response exceeds the DLP scan limit ({} bytes)",
-                    shared.config.dlp.max_response_body
-                );
-                record.reason = Some(reason.clone());
-                shared.audit.record(record);
-                return text(StatusCode::BAD_GATEWAY, format!("bottle: blocked: {reason}\n"));
-            }
-            Err(err) => {
-                record.verdict = "error";
-                record.status = 502;
-                record.reason = Some(format!("upstream body failed: {err}"));
-                shared.audit.record(record);
-                return text(StatusCode::BAD_GATEWAY, format!("bottle: upstream error: {err}\n"));
-            }
-        };
-        match dlp::inspect_response(
-            &live_pipelock,
-            &shared.config.dlp,
-            &policy,
-            coding,
-            bytes.clone(),
-        )
-        .await
-        {
-            InboundVerdict::Block(why) => {
-                record.verdict = "block";
-                record.status = 403;
-                record.alarm = true;
-                record.reason = Some(why.clone());
-                shared.audit.record(record);
-                return blocked(&why);
-            }
-            InboundVerdict::Forward(findings) => {
-                if let Some(f) = findings.first() {
-                    record.dlp = Some(format!("inbound warning: {} ({:?})", f.rule, f.confidence));
-                    tracing::warn!(host = %host, rule = f.rule, "Possible prompt injection in a response (forwarded).");
+        let limit = shared.config.dlp.max_response_body;
+        // No declared type, or one we do not know: look at the first bytes. Binary data
+        // (an unlabelled archive or image) streams through unscanned; anything that reads
+        // as text is buffered and scanned like declared text.
+        let (prefix, rest) = if dlp::declared_text(&rparts.headers) || coding.is_some() {
+            (bytes::BytesMut::new(), Some(rbody))
+        } else {
+            match dlp::peek(rbody, dlp::SNIFF).await {
+                Ok(peeked) => peeked,
+                Err(err) => {
+                    record.verdict = "error";
+                    record.status = 502;
+                    record.reason = Some(format!("upstream body failed: {err}"));
+                    shared.audit.record(record);
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("bottle: upstream error: {err}\n"),
+                    );
                 }
             }
+        };
+        let binary = rest.is_some() && !prefix.is_empty() && dlp::looks_binary(&prefix);
+        if binary && let Some(rest) = rest {
+            record.dlp = Some("inbound: unlabelled binary body, not scanned".into());
+            let body = dlp::Prefixed::new(prefix.freeze(), rest).boxed();
+            resp = Response::from_parts(rparts, body);
+        } else {
+            let collected = match rest {
+                None => Ok(Some(prefix.freeze())),
+                Some(rest) => dlp::collect_after(prefix, rest, limit).await,
+            };
+            let bytes = match collected {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    record.verdict = "block";
+                    record.status = 502;
+                    let reason = format!(
+                        "the response exceeds the DLP scan limit ({} bytes)",
+                        shared.config.dlp.max_response_body
+                    );
+                    record.reason = Some(reason.clone());
+                    shared.audit.record(record);
+                    return text(StatusCode::BAD_GATEWAY, format!("bottle: blocked: {reason}\n"));
+                }
+                Err(err) => {
+                    record.verdict = "error";
+                    record.status = 502;
+                    record.reason = Some(format!("upstream body failed: {err}"));
+                    shared.audit.record(record);
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("bottle: upstream error: {err}\n"),
+                    );
+                }
+            };
+            match dlp::inspect_response(
+                &live_pipelock,
+                &shared.config.dlp,
+                &policy,
+                coding,
+                bytes.clone(),
+            )
+            .await
+            {
+                InboundVerdict::Block(why) => {
+                    record.verdict = "block";
+                    record.status = 403;
+                    record.alarm = true;
+                    record.reason = Some(why.clone());
+                    shared.audit.record(record);
+                    return blocked(&why);
+                }
+                InboundVerdict::Forward(findings) => {
+                    if let Some(f) = findings.first() {
+                        record.dlp =
+                            Some(format!("inbound warning: {} ({:?})", f.rule, f.confidence));
+                        tracing::warn!(host = %host, rule = f.rule, "Possible prompt injection in a response (forwarded).");
+                    }
+                }
+            }
+            rparts.headers.remove(header::TRANSFER_ENCODING);
+            rparts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            resp = Response::from_parts(
+                rparts,
+                Full::new(bytes).map_err(|never| match never {}).boxed(),
+            );
         }
-        rparts.headers.remove(header::TRANSFER_ENCODING);
-        rparts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        resp =
-            Response::from_parts(rparts, Full::new(bytes).map_err(|never| match never {}).boxed());
     }
     if upgraded {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);

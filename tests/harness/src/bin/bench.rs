@@ -631,9 +631,15 @@ mod egress_bench {
                                 } else {
                                     Bytes::from_static(b"ok")
                                 };
-                                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                    body,
-                                )))
+                                // A file download, labelled as one.
+                                let mut resp = hyper::Response::new(Full::new(body));
+                                resp.headers_mut().insert(
+                                    "content-type",
+                                    hyper::header::HeaderValue::from_static(
+                                        "application/octet-stream",
+                                    ),
+                                );
+                                Ok::<_, std::convert::Infallible>(resp)
                             }
                         },
                     );
