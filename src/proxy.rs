@@ -10,7 +10,7 @@ use anyhow::Context;
 use bottle_ca::{CaConfig, CertificateAuthority};
 use bottle_egress::routes::RouteTable;
 use bottle_egress::{DlpConfig, Egress, EgressConfig, Placeholders};
-use bottle_pipelock::approvals::{ApprovalClient, ApprovalStore, StoreArgs};
+use bottle_pipelock::approvals::{ApprovalClient, ApprovalStore, StoreArgs, fingerprint_key};
 
 /// Arguments of `bottle proxy`.
 #[derive(Debug, clap::Args)]
@@ -61,7 +61,8 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let placeholders = Placeholders::generate(&table);
     let mut dlp = DlpConfig { bottle: "proxy".into(), ..DlpConfig::default() };
     let name = format!("approvals:{}", args.listen);
-    if args.approvals.is_some() {
+    if let Some(dir) = &args.approvals {
+        dlp.fingerprint_key = fingerprint_key(dir)?;
         dlp.approvals = Some(ApprovalClient {
             store: name.clone(),
             timeout: Duration::from_secs(args.hold_timeout),

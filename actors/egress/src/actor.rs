@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bottle_ca::{CaActor, CaArgs, CaConfig, CaMsg, CertificateAuthority};
-use bottle_pipelock::approvals::{ApprovalClient, ApprovalStore, StoreArgs};
+use bottle_pipelock::approvals::{ApprovalClient, ApprovalStore, StoreArgs, fingerprint_key};
 use ractor::{
     Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
 };
@@ -154,7 +154,8 @@ impl Actor for EgressActor {
         // bottle's life back on the safelist.
         let mut dlp = DlpConfig { bottle: settings.bottle.clone(), ..DlpConfig::default() };
         let mut store = None;
-        if settings.approvals.is_some() {
+        if let Some(dir) = &settings.approvals {
+            dlp.fingerprint_key = fingerprint_key(dir)?;
             let name = approval_store_name(&settings.listen);
             dlp.approvals = Some(ApprovalClient {
                 store: name.clone(),

@@ -64,6 +64,8 @@ pub struct DlpConfig {
     pub bottle: String,
     /// Requests held right now (shared by every clone).
     pub holds: Arc<std::sync::atomic::AtomicUsize>,
+    /// The key fingerprints are made with (stored beside the approval journal).
+    pub fingerprint_key: bottle_pipelock::FingerprintKey,
 }
 
 impl Default for DlpConfig {
@@ -74,6 +76,7 @@ impl Default for DlpConfig {
             max_response_body: MAX_RESPONSE_BODY,
             bottle: "bottle".into(),
             holds: Arc::default(),
+            fingerprint_key: bottle_pipelock::FingerprintKey::random(),
         }
     }
 }

@@ -253,6 +253,7 @@ fn live(
     table: RouteTable,
     placeholders: &Placeholders,
     safelist: &Safelist,
+    key: &bottle_pipelock::FingerprintKey,
 ) -> Result<Live, EgressError> {
     let mut canaries = table.tokens();
     canaries.extend(placeholders.entries.iter().map(|(_, p, hosts)| (p.clone(), hosts.clone())));
@@ -275,7 +276,7 @@ fn live(
         known_owners.push((format!("known-secret:{name}"), hosts.clone()));
         known.push(KnownSecret { name, value: placeholder.clone() });
     }
-    let pipelock = Pipelock::with_safelist(table.dlp_rules(), &known, safelist.clone())
+    let pipelock = Pipelock::with_safelist(table.dlp_rules(), &known, safelist.clone(), key)
         .map_err(|e| EgressError::Dlp(e.to_string()))?;
     Ok(Live {
         table,
@@ -326,7 +327,7 @@ impl Egress {
         client_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let audit = Audit::open(config.audit_log.clone()).map_err(EgressError::Audit)?;
         let safelist = Safelist::default();
-        let live = live(table, &placeholders, &safelist)?;
+        let live = live(table, &placeholders, &safelist, &config.dlp.fingerprint_key)?;
         Ok(Egress {
             shared: Arc::new(Shared {
                 live: RwLock::new(Arc::new(live)),
@@ -352,7 +353,12 @@ impl Egress {
                 tracing::warn!(%host, "New intercepted host is outside the CA's name constraints: HTTPS to it is refused until restart.");
             }
         }
-        let new = Arc::new(live(table, &self.shared.placeholders, &self.shared.safelist)?);
+        let new = Arc::new(live(
+            table,
+            &self.shared.placeholders,
+            &self.shared.safelist,
+            &self.shared.config.dlp.fingerprint_key,
+        )?);
         *self.shared.live.write().unwrap_or_else(|p| p.into_inner()) = new;
         Ok(())
     }

@@ -65,6 +65,49 @@ pub enum ApprovalError {
     ReasonRequired,
 }
 
+/// The file beside the journal holding the bottle's [`crate::FingerprintKey`] (0600).
+pub const KEY_FILE: &str = "fingerprint.key";
+
+/// The fingerprint key stored in `dir`, created (0600, 32 random bytes) if missing, so
+/// fingerprints in the journal still match after the sidecar restarts.
+pub fn fingerprint_key(dir: &Path) -> Result<crate::FingerprintKey, ApprovalError> {
+    let path = dir.join(KEY_FILE);
+    let io = |source| ApprovalError::Io { path: path.clone(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(bytes) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(crate::FingerprintKey::from_bytes(bytes));
+    }
+    // Written whole to a private name, then linked into place: a racing process sees
+    // either no key or all of it, and the first link wins.
+    let key = crate::FingerprintKey::random();
+    let tmp = dir.join(format!(".{KEY_FILE}.{}", std::process::id()));
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp).map_err(io)?;
+    file.write_all(&key.to_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let bytes = std::fs::read(&path).map_err(io)?;
+            let bytes = <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+                io(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a 32-byte key"))
+            })?;
+            Ok(crate::FingerprintKey::from_bytes(bytes))
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
 /// What a held request asks the operator.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HoldRequest {

@@ -16,7 +16,7 @@ use crate::injection::{InjectionFinding, InjectionScanner};
 use crate::known::KnownSecret;
 use crate::normalize::{self, Encoding, View};
 use crate::rules::{BUILTIN, RuleDef};
-use crate::scanner::{Finding, Scanner, ScannerError};
+use crate::scanner::{Finding, FingerprintKey, Scanner, ScannerError};
 
 /// Why the pipeline could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,6 +117,7 @@ pub struct Pipelock {
     scanner: Scanner,
     injection: InjectionScanner,
     safelist: Safelist,
+    key: FingerprintKey,
 }
 
 /// Approved fingerprints, shared by every generation of the pipeline (reloads rebuild
@@ -135,19 +136,22 @@ impl std::fmt::Debug for Pipelock {
 impl Pipelock {
     /// Built-in rules plus `extra` (from the manifest), and `known` secrets.
     pub fn new(extra: &[RuleDef], known: &[KnownSecret]) -> Result<Pipelock, PipelockError> {
-        Pipelock::with_safelist(extra, known, Safelist::default())
+        Pipelock::with_safelist(extra, known, Safelist::default(), &FingerprintKey::random())
     }
 
-    /// Like [`Pipelock::new`], sharing an existing safelist (after a route reload).
+    /// Like [`Pipelock::new`], sharing an existing safelist and fingerprint key (after a
+    /// route reload, or across restarts with the key stored beside the journal).
     pub fn with_safelist(
         extra: &[RuleDef],
         known: &[KnownSecret],
         safelist: Safelist,
+        key: &FingerprintKey,
     ) -> Result<Pipelock, PipelockError> {
         let mut defs: Vec<RuleDef> = BUILTIN.iter().map(RuleDef::from).collect();
         defs.extend(extra.iter().cloned());
-        let scanner = Scanner::with_literals(&defs, crate::known::literals(known))?;
-        Ok(Pipelock { scanner, injection: InjectionScanner::new(), safelist })
+        let literals = crate::known::literals(known, key);
+        let scanner = Scanner::with_literals(&defs, literals, key.clone())?;
+        Ok(Pipelock { scanner, injection: InjectionScanner::new(), safelist, key: key.clone() })
     }
 
     /// Number of pattern rules.
@@ -187,7 +191,7 @@ impl Pipelock {
                 encoding: "raw".into(),
                 span: None,
                 excerpt: why,
-                fingerprint: crate::scanner::fingerprint(host),
+                fingerprint: self.key.fingerprint(host),
             });
         }
         out.extend(self.scan(Location::Host, host, detectors));

@@ -7,7 +7,7 @@
 //! surrounds it), hex (either case) and full percent-encoding (either case). A value
 //! shorter than [`MIN_KNOWN_LEN`] is refused: it would match ordinary text.
 
-use crate::scanner::{Literal, fingerprint};
+use crate::scanner::{FingerprintKey, Literal};
 
 /// Shortest value matched as a known secret.
 pub const MIN_KNOWN_LEN: usize = 8;
@@ -57,7 +57,7 @@ fn aligned(value: &[u8], align: usize, url: bool) -> String {
 }
 
 /// Literals for every encoding of `secrets`. Values below [`MIN_KNOWN_LEN`] are skipped.
-pub(crate) fn literals(secrets: &[KnownSecret]) -> Vec<Literal> {
+pub(crate) fn literals(secrets: &[KnownSecret], key: &FingerprintKey) -> Vec<Literal> {
     let mut out: Vec<Literal> = Vec::new();
     for secret in secrets {
         let value = secret.value.as_bytes();
@@ -65,7 +65,7 @@ pub(crate) fn literals(secrets: &[KnownSecret]) -> Vec<Literal> {
             continue;
         }
         let rule = format!("known-secret:{}", secret.name);
-        let fp = fingerprint(&secret.value);
+        let fp = key.fingerprint(&secret.value);
         let mut push = |text: String, any_case: bool| {
             if text.len() >= MIN_KNOWN_LEN && !out.iter().any(|l| l.text == text) {
                 out.push(Literal { rule: rule.clone(), text, any_case, fingerprint: fp.clone() });

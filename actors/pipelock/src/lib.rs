@@ -40,6 +40,6 @@ pub use injection::{Confidence, InjectionFinding, InjectionScanner, phrase_rule_
 pub use known::{KnownSecret, MIN_KNOWN_LEN, base64_encode};
 pub use rules::{BUILTIN, RuleDef, RuleSpec, Validator};
 pub use scanner::{
-    DEFAULT_REACH, Finding, Literal, MAX_FINDINGS, Scanner, ScannerError, WINDOW_AFTER,
-    WINDOW_BEFORE, shannon_entropy,
+    DEFAULT_REACH, Finding, FingerprintKey, Literal, MAX_FINDINGS, Scanner, ScannerError,
+    WINDOW_AFTER, WINDOW_BEFORE, shannon_entropy,
 };

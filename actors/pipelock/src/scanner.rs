@@ -57,7 +57,8 @@ pub struct Literal {
     pub text: String,
     /// Hex variants match in either case.
     pub any_case: bool,
-    /// Fingerprint of the underlying secret (the same for every encoding of it).
+    /// Fingerprint of the underlying secret (the same for every encoding of it), made with
+    /// the scanner's [`FingerprintKey`].
     pub fingerprint: String,
 }
 
@@ -74,6 +75,7 @@ pub struct Scanner {
     targets: Vec<Target>,
     always: Vec<usize>,
     literals: Vec<Literal>,
+    key: FingerprintKey,
 }
 
 /// What an automaton pattern stands for.
@@ -196,16 +198,48 @@ pub(crate) fn excerpt(secret: &str) -> String {
     format!("{shown}{}", "*".repeat(hidden))
 }
 
-pub(crate) fn fingerprint(secret: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+/// The key fingerprints are made with: HMAC-SHA-256, so a fingerprint of a short or
+/// low-entropy secret (a card number) cannot be brute-forced by whoever reads the audit
+/// log without the key. One per bottle, kept beside its approval journal so approvals
+/// still match after a restart.
+#[derive(Clone)]
+pub struct FingerprintKey(ring::hmac::Key, [u8; 32]);
+
+impl FingerprintKey {
+    /// A fresh random key.
+    pub fn random() -> FingerprintKey {
+        use rand::Rng;
+        FingerprintKey::from_bytes(rand::rng().random::<[u8; 32]>())
+    }
+
+    /// A key from stored bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> FingerprintKey {
+        FingerprintKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes), bytes)
+    }
+
+    /// The bytes, to store (0600) beside the journal.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.1
+    }
+
+    /// First 16 hex digits of HMAC-SHA-256(key, secret): stable per bottle, not reversible.
+    pub fn fingerprint(&self, secret: &str) -> String {
+        let tag = ring::hmac::sign(&self.0, secret.as_bytes());
+        tag.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for FingerprintKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FingerprintKey(..)")
+    }
 }
 
 impl Scanner {
     /// Compiles `rules`. Rules are data: a bad one is an error naming it.
     pub fn new(rules: &[RuleSpec]) -> Result<Scanner, ScannerError> {
         let defs: Vec<RuleDef> = rules.iter().map(RuleDef::from).collect();
-        Scanner::with_literals(&defs, Vec::new())
+        Scanner::with_literals(&defs, Vec::new(), FingerprintKey::random())
     }
 
     /// Compiles `rules` plus `literals` (known secrets in their encodings) into one
@@ -213,6 +247,7 @@ impl Scanner {
     pub fn with_literals(
         rules: &[RuleDef],
         literals: Vec<Literal>,
+        key: FingerprintKey,
     ) -> Result<Scanner, ScannerError> {
         let mut compiled = Vec::with_capacity(rules.len());
         let mut patterns: Vec<String> = Vec::new();
@@ -273,7 +308,7 @@ impl Scanner {
         let automaton = build(None)?;
         let fast = build(Some(AhoCorasickKind::DFA))?;
         let longest = patterns.iter().map(String::len).max().unwrap_or(0);
-        Ok(Scanner { rules: compiled, automaton, fast, longest, targets, always, literals })
+        Ok(Scanner { rules: compiled, automaton, fast, longest, targets, always, literals, key })
     }
 
     /// The built-in rule set.
@@ -408,7 +443,7 @@ impl Scanner {
                 start,
                 end,
                 excerpt: excerpt(secret),
-                fingerprint: fingerprint(secret),
+                fingerprint: self.key.fingerprint(secret),
             });
         }
     }

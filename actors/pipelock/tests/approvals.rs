@@ -203,3 +203,23 @@ async fn a_store_restart_during_a_hold_loses_nothing() {
     assert_eq!(outcome, Outcome::Approved { id });
     actor.stop(None);
 }
+
+#[test]
+fn the_fingerprint_key_is_created_once_private_and_reused() {
+    let d = dir("key");
+    let a = bottle_pipelock::approvals::fingerprint_key(&d).unwrap();
+    let b = bottle_pipelock::approvals::fingerprint_key(&d).unwrap();
+    assert_eq!(a.to_bytes(), b.to_bytes());
+    assert_eq!(a.fingerprint("secret-value-123"), b.fingerprint("secret-value-123"));
+    let other = bottle_pipelock::FingerprintKey::random();
+    assert_ne!(a.fingerprint("secret-value-123"), other.fingerprint("secret-value-123"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join(bottle_pipelock::approvals::KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
