@@ -10,7 +10,7 @@ use anyhow::Context;
 use bottle_ca::{CaConfig, CertificateAuthority};
 use bottle_egress::routes::RouteTable;
 use bottle_egress::{DlpConfig, Egress, EgressConfig, Placeholders};
-use bottle_pipelock::approvals::{ApprovalClient, ApprovalStore, StoreArgs, fingerprint_key};
+use bottle_pipelock::approvals::{ApprovalClient, ApprovalStore, fingerprint_key};
 
 /// Arguments of `bottle proxy`.
 #[derive(Debug, clap::Args)]
@@ -77,14 +77,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let egress = Egress::new(table, ca.clone(), placeholders.clone(), config)?;
     let mut store = None;
     if let Some(dir) = &args.approvals {
-        let safelisting = egress.clone();
-        let store_args = StoreArgs {
-            dir: dir.clone(),
-            on_approve: Some(Arc::new(move |fps: &[(String, String)]| {
-                safelisting.approve_fingerprints(fps)
-            })),
-            bottle: Some("proxy".into()),
-        };
+        let store_args = egress.approval_store_args(dir, "proxy");
         let (actor, _) = ractor::Actor::spawn(Some(name), ApprovalStore, store_args)
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the approval queue: {e}"))?;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bottle_ca::{CaActor, CaArgs, CaConfig, CaMsg, CertificateAuthority};
-use bottle_pipelock::approvals::{ApprovalClient, ApprovalStore, StoreArgs, fingerprint_key};
+use bottle_pipelock::approvals::{ApprovalClient, ApprovalStore, fingerprint_key};
 use ractor::{
     Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
 };
@@ -102,14 +102,7 @@ async fn spawn_store(
     egress: &Egress,
     supervisor: ActorCell,
 ) -> Result<(), ActorProcessingErr> {
-    let safelisting = egress.clone();
-    let args = StoreArgs {
-        dir: dir.to_path_buf(),
-        on_approve: Some(Arc::new(move |fps: &[(String, String)]| {
-            safelisting.approve_fingerprints(fps)
-        })),
-        bottle: Some(bottle.to_string()),
-    };
+    let args = egress.approval_store_args(dir, bottle);
     Actor::spawn_linked(Some(name.to_string()), ApprovalStore, args, supervisor).await?;
     Ok(())
 }

@@ -339,6 +339,45 @@ async fn redact_request(
     Ok(Passed { detections: found, action: "redacted".into() })
 }
 
+/// Why a hold did not end in an approval.
+enum HoldDenied {
+    /// No approval queue is configured.
+    NoQueue,
+    /// [`MAX_HOLDS`] requests are already held.
+    Busy,
+    /// Rejected, timed out, or the queue failed.
+    Refused { id: Option<String>, why: String },
+}
+
+/// Holds `found` for the operator (one of at most [`MAX_HOLDS`] slots, for requests and
+/// WebSocket messages alike); on approval the fingerprints are safelisted toward `host`
+/// and the hold's id is returned.
+async fn hold_for_approval(
+    pipelock: &Arc<Pipelock>,
+    config: &DlpConfig,
+    method: &str,
+    host: &str,
+    path: String,
+    found: &[Detection],
+) -> Result<String, HoldDenied> {
+    let Some(client) = &config.approvals else { return Err(HoldDenied::NoQueue) };
+    let _slot = HoldSlot::take(&config.holds).ok_or(HoldDenied::Busy)?;
+    let request = HoldRequest {
+        bottle: config.bottle.clone(),
+        method: method.to_string(),
+        host: host.to_string(),
+        path,
+        detections: found.to_vec(),
+    };
+    match client.hold(request).await {
+        Outcome::Approved { id } => {
+            pipelock.approve(host, found.iter().map(|d| d.fingerprint.as_str()));
+            Ok(id)
+        }
+        Outcome::Refused { id, why } => Err(HoldDenied::Refused { id, why }),
+    }
+}
+
 async fn hold(
     pipelock: &Arc<Pipelock>,
     config: &DlpConfig,
@@ -346,15 +385,6 @@ async fn hold(
     found: Vec<Detection>,
     what: &str,
 ) -> Result<Passed, Refusal> {
-    let Some(client) = &config.approvals else {
-        return Err(Refusal {
-            status: StatusCode::FORBIDDEN,
-            reason: format!(
-                "request contains a secret ({what}) and is held for approval, but no approval queue is configured"
-            ),
-            detections: found,
-        });
-    };
     let url: Vec<Detection> =
         found.iter().filter(|d| d.location == Location::Url).cloned().collect();
     let path = if url.is_empty() {
@@ -368,39 +398,23 @@ async fn hold(
         Some((p, _)) => format!("{p}?[query withheld]"),
         None => path,
     };
-    let _slot = match HoldSlot::take(&config.holds) {
-        Some(slot) => slot,
-        None => {
-            return Err(Refusal {
-                status: StatusCode::FORBIDDEN,
-                reason: format!(
-                    "request contains a secret ({what}); too many requests are already held"
-                ),
-                detections: found,
-            });
+    let reason = match hold_for_approval(pipelock, config, req.method, req.host, path, &found).await
+    {
+        Ok(id) => return Ok(Passed { detections: found, action: format!("approved {id}") }),
+        Err(HoldDenied::NoQueue) => format!(
+            "request contains a secret ({what}) and is held for approval, but no approval queue is configured"
+        ),
+        Err(HoldDenied::Busy) => {
+            format!("request contains a secret ({what}); too many requests are already held")
+        }
+        Err(HoldDenied::Refused { id: Some(id), why }) => {
+            format!("request contains a secret ({what}); hold {id}: {why}")
+        }
+        Err(HoldDenied::Refused { id: None, why }) => {
+            format!("request contains a secret ({what}); {why}")
         }
     };
-    let request = HoldRequest {
-        bottle: config.bottle.clone(),
-        method: req.method.to_string(),
-        host: req.host.to_string(),
-        path,
-        detections: found.clone(),
-    };
-    match client.hold(request).await {
-        Outcome::Approved { id } => {
-            pipelock.approve(req.host, found.iter().map(|d| d.fingerprint.as_str()));
-            Ok(Passed { detections: found, action: format!("approved {id}") })
-        }
-        Outcome::Refused { id, why } => Err(Refusal {
-            status: StatusCode::FORBIDDEN,
-            reason: match id {
-                Some(id) => format!("request contains a secret ({what}); hold {id}: {why}"),
-                None => format!("request contains a secret ({what}); {why}"),
-            },
-            detections: found,
-        }),
-    }
+    Err(Refusal { status: StatusCode::FORBIDDEN, reason, detections: found })
 }
 
 /// Whether a response body may be passed unscanned: only declared binary media. No
@@ -454,7 +468,7 @@ pub(crate) enum InboundVerdict {
 }
 
 /// Scans a buffered (possibly encoded) response body.
-pub(crate) async fn inspect_response(
+async fn inspect_response(
     pipelock: &Arc<Pipelock>,
     config: &DlpConfig,
     policy: &RouteDlp,
@@ -477,6 +491,81 @@ pub(crate) async fn inspect_response(
         None => return InboundVerdict::Block("the response scan failed".into()),
     };
     verdict(policy, findings)
+}
+
+/// Why a response was not forwarded.
+pub(crate) enum ResponseRefusal {
+    /// Refused by the inbound check (audit verdict `block`).
+    Blocked {
+        /// Status for the agent.
+        status: StatusCode,
+        /// Why.
+        reason: String,
+        /// An injection was found (an alarm).
+        alarm: bool,
+    },
+    /// The upstream's body failed while it was being read.
+    Upstream(hyper::Error),
+}
+
+/// The inbound check of a response that is neither an event stream nor declared binary:
+/// an unlabelled body is sniffed and, if binary, streams through unscanned; anything
+/// else is buffered (up to the limit), decoded and scanned. Returns the response to
+/// forward and a note for the audit log.
+pub(crate) async fn scan_response(
+    pipelock: &Arc<Pipelock>,
+    config: &DlpConfig,
+    policy: &RouteDlp,
+    host: &str,
+    resp: http::Response<Body>,
+    coding: Option<String>,
+) -> Result<(http::Response<Body>, Option<String>), ResponseRefusal> {
+    let (mut parts, body) = resp.into_parts();
+    let limit = config.max_response_body;
+    let (prefix, rest) = if declared_text(&parts.headers) || coding.is_some() {
+        (BytesMut::new(), Some(body))
+    } else {
+        peek(body, SNIFF).await.map_err(ResponseRefusal::Upstream)?
+    };
+    let binary = rest.is_some() && !prefix.is_empty() && looks_binary(&prefix);
+    if binary && let Some(rest) = rest {
+        let body = Prefixed::new(prefix.freeze(), rest).boxed();
+        let note = "inbound: unlabelled binary body, not scanned".to_string();
+        return Ok((http::Response::from_parts(parts, body), Some(note)));
+    }
+    let collected = match rest {
+        None => Some(prefix.freeze()),
+        Some(rest) => {
+            collect_after(prefix, rest, limit).await.map_err(ResponseRefusal::Upstream)?
+        }
+    };
+    let Some(bytes) = collected else {
+        return Err(ResponseRefusal::Blocked {
+            status: StatusCode::BAD_GATEWAY,
+            reason: format!("the response exceeds the DLP scan limit ({limit} bytes)"),
+            alarm: false,
+        });
+    };
+    let mut note = None;
+    match inspect_response(pipelock, config, policy, coding, bytes.clone()).await {
+        InboundVerdict::Block(why) => {
+            return Err(ResponseRefusal::Blocked {
+                status: StatusCode::FORBIDDEN,
+                reason: why,
+                alarm: true,
+            });
+        }
+        InboundVerdict::Forward(findings) => {
+            if let Some(f) = findings.first() {
+                note = Some(format!("inbound warning: {} ({:?})", f.rule, f.confidence));
+                tracing::warn!(%host, rule = f.rule, "Possible prompt injection in a response (forwarded).");
+            }
+        }
+    }
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    let body = http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed();
+    Ok((http::Response::from_parts(parts, body), note))
 }
 
 fn verdict(policy: &RouteDlp, findings: Vec<bottle_pipelock::InjectionFinding>) -> InboundVerdict {
@@ -615,10 +704,10 @@ impl hyper::body::Body for SseScan {
 }
 
 /// How many bytes of an unlabelled response are looked at before deciding.
-pub(crate) const SNIFF: usize = 8 << 10;
+const SNIFF: usize = 8 << 10;
 
 /// Whether a response declares a textual type (buffered and scanned, whatever its size).
-pub(crate) fn declared_text(headers: &HeaderMap) -> bool {
+fn declared_text(headers: &HeaderMap) -> bool {
     let Ok(Some(ct)) = joined_header(headers, &header::CONTENT_TYPE) else { return false };
     let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     ct.starts_with("text/")
@@ -633,7 +722,7 @@ pub(crate) fn declared_text(headers: &HeaderMap) -> bool {
 }
 
 /// Whether bytes are binary: a NUL, or under 70% printable.
-pub(crate) fn looks_binary(bytes: &[u8]) -> bool {
+fn looks_binary(bytes: &[u8]) -> bool {
     if bytes.contains(&0) {
         return true;
     }
@@ -645,7 +734,7 @@ pub(crate) fn looks_binary(bytes: &[u8]) -> bool {
 
 /// Reads at least `n` bytes of `body` (or all of it): the bytes, and the rest of the body
 /// if it did not end.
-pub(crate) async fn peek<B>(mut body: B, n: usize) -> Result<(BytesMut, Option<B>), B::Error>
+async fn peek<B>(mut body: B, n: usize) -> Result<(BytesMut, Option<B>), B::Error>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
 {
@@ -664,7 +753,7 @@ where
 }
 
 /// Collects the rest of a body after `prefix`, up to `limit` bytes in all.
-pub(crate) async fn collect_after<B>(
+async fn collect_after<B>(
     prefix: BytesMut,
     body: B,
     limit: usize,
@@ -690,13 +779,13 @@ where
 }
 
 /// A body that yields `prefix` first, then the rest of `inner` (a peeked response).
-pub(crate) struct Prefixed {
+struct Prefixed {
     prefix: Option<Bytes>,
     inner: Body,
 }
 
 impl Prefixed {
-    pub(crate) fn new(prefix: Bytes, inner: Body) -> Prefixed {
+    fn new(prefix: Bytes, inner: Body) -> Prefixed {
         Prefixed { prefix: Some(prefix), inner }
     }
 }
@@ -731,18 +820,7 @@ pub(crate) async fn collect_limited<B>(body: B, limit: usize) -> Result<Option<B
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
 {
-    let mut body = body;
-    let mut out = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame?;
-        if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > limit {
-                return Ok(None);
-            }
-            out.extend_from_slice(&data);
-        }
-    }
-    Ok(Some(out.freeze()))
+    collect_after(BytesMut::new(), body, limit).await
 }
 
 /// An outbound WebSocket text message under the route's policy: `Ok(None)` forward as
@@ -788,28 +866,21 @@ pub(crate) async fn inspect_frame(
             Ok(Some(redacted))
         }
         OnMatch::Hold => {
-            let Some(client) = &ctx.config.approvals else {
-                note("blocked", true);
-                return Err(format!("message contains a secret ({what}); no approval queue"));
-            };
-            let request = HoldRequest {
-                bottle: ctx.config.bottle.clone(),
-                method: "WEBSOCKET".into(),
-                host: ctx.host.clone(),
-                path: "[websocket message]".into(),
-                detections: found.clone(),
-            };
-            match client.hold(request).await {
-                Outcome::Approved { id } => {
-                    ctx.pipelock.approve(&ctx.host, found.iter().map(|d| d.fingerprint.as_str()));
+            let path = "[websocket message]".to_string();
+            let held =
+                hold_for_approval(&ctx.pipelock, &ctx.config, "WEBSOCKET", &ctx.host, path, &found)
+                    .await;
+            let why = match held {
+                Ok(id) => {
                     note(&format!("approved {id}"), false);
-                    Ok(None)
+                    return Ok(None);
                 }
-                Outcome::Refused { why, .. } => {
-                    note("blocked", true);
-                    Err(format!("message contains a secret ({what}); {why}"))
-                }
-            }
+                Err(HoldDenied::NoQueue) => "no approval queue".to_string(),
+                Err(HoldDenied::Busy) => "too many requests are already held".to_string(),
+                Err(HoldDenied::Refused { why, .. }) => why,
+            };
+            note("blocked", true);
+            Err(format!("message contains a secret ({what}); {why}"))
         }
         _ => {
             note("blocked", true);

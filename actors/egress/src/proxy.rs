@@ -31,7 +31,7 @@ use bottle_pipelock::{KnownSecret, Location, Pipelock, Safelist};
 
 use crate::audit::{Audit, AuditRecord};
 use crate::dial;
-use crate::dlp::{self, DlpConfig, InboundVerdict, Outgoing};
+use crate::dlp::{self, DlpConfig, Outgoing, ResponseRefusal};
 use crate::framing::{Sniffed, Verdicts};
 use crate::policy::{self, Canaries, RequestHead, Verdict};
 use crate::routes::{AuthScheme, RouteTable, normalize_host};
@@ -367,6 +367,23 @@ impl Egress {
     /// requests are dropped, never forwarded.
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
+    }
+
+    /// What an approval store for this proxy starts from: the queue in `dir`, holds of
+    /// `bottle` only, and approvals going onto this proxy's safelist.
+    pub fn approval_store_args(
+        &self,
+        dir: &std::path::Path,
+        bottle: &str,
+    ) -> bottle_pipelock::approvals::StoreArgs {
+        let safelisting = self.clone();
+        bottle_pipelock::approvals::StoreArgs {
+            dir: dir.to_path_buf(),
+            on_approve: Some(Arc::new(move |fps: &[(String, String)]| {
+                safelisting.approve_fingerprints(fps)
+            })),
+            bottle: Some(bottle.to_string()),
+        }
     }
 
     /// Marks `(host, fingerprint)` pairs approved for the bottle's lifetime (from the
@@ -1089,102 +1106,31 @@ async fn forward(
     let encoded = !matches!(&response_coding, Ok(None));
     if !upgraded && policy.inbound && (response_coding.is_err() || (sse && encoded)) {
         // A coding nobody agrees on, or a compressed event stream: cannot be scanned.
-        record.verdict = "block";
-        record.status = 502;
         let reason = "the response's Content-Encoding cannot be scanned".to_string();
-        record.reason = Some(reason.clone());
-        shared.audit.record(record);
-        return text(StatusCode::BAD_GATEWAY, format!("bottle: blocked: {reason}\n"));
+        return refuse_with(&shared, record, StatusCode::BAD_GATEWAY, reason);
     }
     if !upgraded && policy.inbound && !sse && !dlp::binary_media(resp.headers()) {
-        let (mut rparts, rbody) = resp.into_parts();
         let coding = response_coding.ok().flatten();
-        let limit = shared.config.dlp.max_response_body;
-        // No declared type, or one we do not know: look at the first bytes. Binary data
-        // (an unlabelled archive or image) streams through unscanned; anything that reads
-        // as text is buffered and scanned like declared text.
-        let (prefix, rest) = if dlp::declared_text(&rparts.headers) || coding.is_some() {
-            (bytes::BytesMut::new(), Some(rbody))
-        } else {
-            match dlp::peek(rbody, dlp::SNIFF).await {
-                Ok(peeked) => peeked,
-                Err(err) => {
-                    record.verdict = "error";
-                    record.status = 502;
-                    record.reason = Some(format!("upstream body failed: {err}"));
-                    shared.audit.record(record);
-                    return text(
-                        StatusCode::BAD_GATEWAY,
-                        format!("bottle: upstream error: {err}\n"),
-                    );
-                }
-            }
-        };
-        let binary = rest.is_some() && !prefix.is_empty() && dlp::looks_binary(&prefix);
-        if binary && let Some(rest) = rest {
-            record.dlp = Some("inbound: unlabelled binary body, not scanned".into());
-            let body = dlp::Prefixed::new(prefix.freeze(), rest).boxed();
-            resp = Response::from_parts(rparts, body);
-        } else {
-            let collected = match rest {
-                None => Ok(Some(prefix.freeze())),
-                Some(rest) => dlp::collect_after(prefix, rest, limit).await,
-            };
-            let bytes = match collected {
-                Ok(Some(b)) => b,
-                Ok(None) => {
-                    record.verdict = "block";
-                    record.status = 502;
-                    let reason = format!(
-                        "the response exceeds the DLP scan limit ({} bytes)",
-                        shared.config.dlp.max_response_body
-                    );
-                    record.reason = Some(reason.clone());
-                    shared.audit.record(record);
-                    return text(StatusCode::BAD_GATEWAY, format!("bottle: blocked: {reason}\n"));
-                }
-                Err(err) => {
-                    record.verdict = "error";
-                    record.status = 502;
-                    record.reason = Some(format!("upstream body failed: {err}"));
-                    shared.audit.record(record);
-                    return text(
-                        StatusCode::BAD_GATEWAY,
-                        format!("bottle: upstream error: {err}\n"),
-                    );
-                }
-            };
-            match dlp::inspect_response(
-                &live_pipelock,
-                &shared.config.dlp,
-                &policy,
-                coding,
-                bytes.clone(),
-            )
+        match dlp::scan_response(&live_pipelock, &shared.config.dlp, &policy, &host, resp, coding)
             .await
-            {
-                InboundVerdict::Block(why) => {
-                    record.verdict = "block";
-                    record.status = 403;
-                    record.alarm = true;
-                    record.reason = Some(why.clone());
-                    shared.audit.record(record);
-                    return blocked(&why);
-                }
-                InboundVerdict::Forward(findings) => {
-                    if let Some(f) = findings.first() {
-                        record.dlp =
-                            Some(format!("inbound warning: {} ({:?})", f.rule, f.confidence));
-                        tracing::warn!(host = %host, rule = f.rule, "Possible prompt injection in a response (forwarded).");
-                    }
+        {
+            Ok((scanned, note)) => {
+                resp = scanned;
+                if note.is_some() {
+                    record.dlp = note;
                 }
             }
-            rparts.headers.remove(header::TRANSFER_ENCODING);
-            rparts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            resp = Response::from_parts(
-                rparts,
-                Full::new(bytes).map_err(|never| match never {}).boxed(),
-            );
+            Err(ResponseRefusal::Blocked { status, reason, alarm }) => {
+                record.alarm |= alarm;
+                return refuse_with(&shared, record, status, reason);
+            }
+            Err(ResponseRefusal::Upstream(err)) => {
+                record.verdict = "error";
+                record.status = 502;
+                record.reason = Some(format!("upstream body failed: {err}"));
+                shared.audit.record(record);
+                return text(StatusCode::BAD_GATEWAY, format!("bottle: upstream error: {err}\n"));
+            }
         }
     }
     if upgraded {

@@ -372,33 +372,52 @@ fn parse(bytes: &[u8], offset: u64) -> (Vec<Entry>, u64) {
 
 /// Rebuilds the queue from entries; the first decision of a hold counts.
 pub fn replay(entries: &[Entry]) -> Vec<Held> {
-    let mut held: Vec<Held> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut queue = Queue::default();
     for entry in entries {
+        queue.apply(entry);
+    }
+    queue.held
+}
+
+/// The queue as the journal so far makes it, kept up to date entry by entry.
+#[derive(Debug, Default)]
+struct Queue {
+    held: Vec<Held>,
+    index: HashMap<String, usize>,
+}
+
+impl Queue {
+    /// Applies one entry; returns the hold it decided, if it decided one.
+    fn apply(&mut self, entry: &Entry) -> Option<&Held> {
         match entry {
             Entry::Hold { id, at, expires_at, request } => {
-                if index.contains_key(id) {
-                    continue;
+                if !self.index.contains_key(id) {
+                    self.index.insert(id.clone(), self.held.len());
+                    self.held.push(Held {
+                        id: id.clone(),
+                        at: *at,
+                        expires_at: *expires_at,
+                        request: request.clone(),
+                        decision: None,
+                    });
                 }
-                index.insert(id.clone(), held.len());
-                held.push(Held {
-                    id: id.clone(),
-                    at: *at,
-                    expires_at: *expires_at,
-                    request: request.clone(),
-                    decision: None,
-                });
+                None
             }
             Entry::Decide { id, decision, reason, .. } => {
-                if let Some(&i) = index.get(id)
-                    && held[i].decision.is_none()
-                {
-                    held[i].decision = Some((*decision, reason.clone()));
+                let &i = self.index.get(id)?;
+                let held = &mut self.held[i];
+                if held.decision.is_some() {
+                    return None;
                 }
+                held.decision = Some((*decision, reason.clone()));
+                Some(held)
             }
         }
     }
-    held
+
+    fn get(&self, id: &str) -> Option<&Held> {
+        self.index.get(id).map(|&i| &self.held[i])
+    }
 }
 
 /// What a parked request learns.
@@ -425,8 +444,6 @@ pub enum Submitted {
     Held {
         /// Its id.
         id: String,
-        /// Unix seconds.
-        expires_at: f64,
     },
     /// Every fingerprint was approved earlier (the safelist had not caught up yet).
     AlreadyApproved,
@@ -435,7 +452,7 @@ pub enum Submitted {
 /// Everything the store actor can be asked. Closed on purpose.
 #[derive(Debug)]
 pub enum ApprovalMsg {
-    /// Journal a new hold; answers its id and expiry (unix seconds), or that every
+    /// Journal a new hold; answers its id, or that every
     /// fingerprint in it was already approved (no new hold).
     Submit(HoldRequest, Duration, RpcReplyPort<Result<Submitted, String>>),
     /// Answer when hold `id` is decided (at once if it already is).
@@ -486,7 +503,7 @@ pub struct StoreState {
     bottle: Option<String>,
     journal: Journal,
     offset: u64,
-    entries: Vec<Entry>,
+    queue: Queue,
     waiters: HashMap<String, Vec<AnswerPort>>,
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
@@ -498,29 +515,26 @@ impl std::fmt::Debug for StoreState {
 }
 
 impl StoreState {
-    fn held(&self) -> Vec<Held> {
-        replay(&self.entries)
-    }
-
+    /// Applies new journal entries; approvals reach the safelist hook as they appear.
     fn absorb(&mut self, entries: Vec<Entry>) {
+        let mut approved: Vec<Held> = Vec::new();
+        for entry in &entries {
+            if let Some(held) = self.queue.apply(entry)
+                && matches!(held.decision, Some((Decision::Approve, _)))
+            {
+                approved.push(held.clone());
+            }
+        }
         if let Some(hook) = &self.on_approve {
-            let before = replay(&self.entries);
-            let mut all = self.entries.clone();
-            all.extend(entries.iter().cloned());
-            let newly: Vec<Held> = replay(&all)
-                .into_iter()
-                .filter(|h| matches!(h.decision, Some((Decision::Approve, _))))
-                .filter(|h| !before.iter().any(|b| b.id == h.id && b.decision.is_some()))
-                .collect();
-            let fps = approved_pairs(&newly, self.bottle.as_deref());
+            let fps = approved_pairs(&approved, self.bottle.as_deref());
             if !fps.is_empty() {
                 hook(&fps);
             }
         }
-        self.entries.extend(entries);
     }
 
-    fn catch_up(&mut self) {
+    /// Reads what the journal gained since the last read.
+    fn read_new(&mut self) {
         match self.journal.read_from(self.offset) {
             Ok((entries, offset)) => {
                 if !entries.is_empty() {
@@ -530,23 +544,27 @@ impl StoreState {
             }
             Err(err) => tracing::warn!(error = %err, "Cannot read the approval journal."),
         }
-        let held = self.held();
+    }
+
+    fn catch_up(&mut self) {
+        self.read_new();
         let t = now();
-        for h in &held {
-            if h.decision.is_none() && h.expires_at <= t {
-                let _ = self.journal.decide(&h.id, Decision::Expire, None, "bottle");
-            }
+        let overdue: Vec<String> = self
+            .queue
+            .held
+            .iter()
+            .filter(|h| h.decision.is_none() && h.expires_at <= t)
+            .map(|h| h.id.clone())
+            .collect();
+        for id in &overdue {
+            let _ = self.journal.decide(id, Decision::Expire, None, "bottle");
         }
-        if let Ok((entries, offset)) = self.journal.read_from(self.offset) {
-            if !entries.is_empty() {
-                self.absorb(entries);
-            }
-            self.offset = offset;
+        if !overdue.is_empty() {
+            self.read_new();
         }
-        let held = self.held();
+        let queue = &self.queue;
         self.waiters.retain(|id, ports| {
-            let Some(decision) = held.iter().find(|h| &h.id == id).and_then(|h| h.decision.clone())
-            else {
+            let Some(decision) = queue.get(id).and_then(|h| h.decision.clone()) else {
                 ports.retain(|p| !p.is_closed());
                 return !ports.is_empty();
             };
@@ -569,25 +587,23 @@ impl Actor for ApprovalStore {
         args: StoreArgs,
     ) -> Result<StoreState, ActorProcessingErr> {
         let journal = Journal::open(&args.dir)?;
-        let (entries, offset) = journal.read_from(0)?;
-        let pending = replay(&entries).iter().filter(|h| h.decision.is_none()).count();
-        tracing::info!(journal = %journal.path().display(), pending, "Approval queue open.");
-        let ticker = myself.send_interval(POLL, || ApprovalMsg::Tick);
-        if let Some(hook) = &args.on_approve {
-            let fps = approved_pairs(&replay(&entries), args.bottle.as_deref());
-            if !fps.is_empty() {
-                hook(&fps);
-            }
-        }
-        Ok(StoreState {
+        let mut state = StoreState {
             on_approve: args.on_approve,
             bottle: args.bottle,
             journal,
-            offset,
-            entries,
+            offset: 0,
+            queue: Queue::default(),
             waiters: HashMap::new(),
-            ticker: Some(ticker),
-        })
+            ticker: None,
+        };
+        // Replaying the journal puts earlier approvals back on the safelist.
+        let (entries, offset) = state.journal.read_from(0)?;
+        state.absorb(entries);
+        state.offset = offset;
+        let pending = state.queue.held.iter().filter(|h| h.decision.is_none()).count();
+        tracing::info!(journal = %state.journal.path().display(), pending, "Approval queue open.");
+        state.ticker = Some(myself.send_interval(POLL, || ApprovalMsg::Tick));
+        Ok(state)
     }
 
     async fn handle(
@@ -599,7 +615,7 @@ impl Actor for ApprovalStore {
         match msg {
             ApprovalMsg::Submit(request, timeout, reply) => {
                 state.catch_up();
-                let approved = approved_pairs(&state.held(), state.bottle.as_deref());
+                let approved = approved_pairs(&state.queue.held, state.bottle.as_deref());
                 let covered = !request.detections.is_empty()
                     && request.detections.iter().all(|d| {
                         approved.iter().any(|(h, fp)| *h == request.host && *fp == d.fingerprint)
@@ -610,7 +626,7 @@ impl Actor for ApprovalStore {
                     state
                         .journal
                         .hold(request, timeout)
-                        .map(|h| Submitted::Held { id: h.id, expires_at: h.expires_at })
+                        .map(|h| Submitted::Held { id: h.id })
                         .map_err(|e| e.to_string())
                 };
                 state.catch_up();
@@ -618,23 +634,20 @@ impl Actor for ApprovalStore {
             }
             ApprovalMsg::Await(id, reply) => {
                 state.catch_up();
-                let held = state.held();
-                match held.iter().find(|h| h.id == id) {
+                match state.queue.get(&id).map(|h| h.decision.clone()) {
                     None => {
                         let _ = reply.send(None);
                     }
-                    Some(h) => match &h.decision {
-                        Some(d) => {
-                            let _ = reply.send(Some(d.clone()));
-                        }
-                        None => state.waiters.entry(id).or_default().push(reply),
-                    },
+                    Some(Some(d)) => {
+                        let _ = reply.send(Some(d));
+                    }
+                    Some(None) => state.waiters.entry(id).or_default().push(reply),
                 }
             }
             ApprovalMsg::Tick => state.catch_up(),
             ApprovalMsg::List(reply) => {
                 state.catch_up();
-                let _ = reply.send(state.held());
+                let _ = reply.send(state.queue.held.clone());
             }
         }
         Ok(())
@@ -685,7 +698,7 @@ impl ApprovalClient {
                 .call(|reply| ApprovalMsg::Submit(request.clone(), self.timeout, reply), Some(left))
                 .await
             {
-                Ok(ractor::rpc::CallResult::Success(Ok(Submitted::Held { id, .. }))) => break id,
+                Ok(ractor::rpc::CallResult::Success(Ok(Submitted::Held { id }))) => break id,
                 Ok(ractor::rpc::CallResult::Success(Ok(Submitted::AlreadyApproved))) => {
                     return Outcome::Approved { id: "safelisted".into() };
                 }

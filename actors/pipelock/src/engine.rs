@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use crate::hostname::suspicious_hostname;
 use crate::injection::{InjectionFinding, InjectionScanner};
 use crate::known::KnownSecret;
-use crate::normalize::{self, Encoding, View};
+use crate::normalize::{self, Encoding, Origin};
 use crate::rules::{BUILTIN, RuleDef};
 use crate::scanner::{Finding, FingerprintKey, Scanner, ScannerError};
 
@@ -268,52 +268,50 @@ impl Pipelock {
         if !detectors.any() {
             return Vec::new();
         }
-        let mut out: Vec<Detection> = Vec::new();
-        let raw = View {
-            text: String::new(),
-            encoding: Encoding::Raw,
-            origin: normalize::Origin::Identity,
-        };
-        let mut seen = HashSet::new();
-        let found = self.scanner.scan(text);
-        self.collect(&raw, found, &location, detectors, &mut out, &mut seen);
+        let mut found = Found { location, detectors, out: Vec::new(), seen: HashSet::new() };
+        found.add(Encoding::Raw, &Origin::Identity, self.scanner.scan(text));
         for view in normalize::derived_views(text) {
-            if out.len() >= MAX_DETECTIONS {
+            if found.out.len() >= MAX_DETECTIONS {
                 break;
             }
-            let found = self.scanner.scan(&view.text);
-            self.collect(&view, found, &location, detectors, &mut out, &mut seen);
+            found.add(view.encoding, &view.origin, self.scanner.scan(&view.text));
         }
-        out
+        found.out
     }
+}
 
-    fn collect(
-        &self,
-        view: &View,
-        found: Vec<Finding>,
-        location: &Location,
-        detectors: Detectors,
-        out: &mut Vec<Detection>,
-        seen: &mut HashSet<(String, Option<(usize, usize)>)>,
-    ) {
-        for f in found {
+/// Detections of one part, gathered across its spellings.
+struct Found {
+    location: Location,
+    detectors: Detectors,
+    out: Vec<Detection>,
+    /// (fingerprint, raw span) already reported.
+    seen: HashSet<(String, Option<(usize, usize)>)>,
+}
+
+impl Found {
+    /// Adds the findings of one spelling (of `encoding`, with offsets through `origin`).
+    fn add(&mut self, encoding: Encoding, origin: &Origin, findings: Vec<Finding>) {
+        for f in findings {
             let known = f.rule.starts_with("known-secret:");
-            if (known && !detectors.known_secrets) || (!known && !detectors.token_patterns) {
+            if (known && !self.detectors.known_secrets)
+                || (!known && !self.detectors.token_patterns)
+            {
                 continue;
             }
-            if out.len() >= MAX_DETECTIONS {
+            if self.out.len() >= MAX_DETECTIONS {
                 return;
             }
-            let span = view.raw_span(f.start, f.end);
+            let span = origin.raw_span(f.start, f.end);
             // The same secret seen again in another spelling adds nothing new, unless
             // this spelling maps to a different raw span.
-            if !seen.insert((f.fingerprint.clone(), span)) {
+            if !self.seen.insert((f.fingerprint.clone(), span)) {
                 continue;
             }
-            out.push(Detection {
+            self.out.push(Detection {
                 rule: f.rule,
-                location: location.clone(),
-                encoding: view.encoding.as_str().into(),
+                location: self.location.clone(),
+                encoding: encoding.as_str().into(),
                 span,
                 excerpt: f.excerpt,
                 fingerprint: f.fingerprint,

@@ -78,10 +78,10 @@ pub struct View {
     pub origin: Origin,
 }
 
-impl View {
-    /// The raw span of `view[start..end]`, if it can be told.
+impl Origin {
+    /// The raw span of `view[start..end]` of a view with this origin, if it can be told.
     pub fn raw_span(&self, start: usize, end: usize) -> Option<(usize, usize)> {
-        match &self.origin {
+        match self {
             Origin::Mapped(map) => {
                 let s = *map.get(start)?;
                 // The end is where the byte after the last one starts in the raw text.
@@ -106,16 +106,9 @@ pub const MIN_HEX_RUN: usize = 32;
 /// Total decoded bytes at most this many times the input.
 pub const MAX_DECODED_FACTOR: usize = 2;
 
-/// Every view of `text` worth scanning, the raw one first.
-pub fn views(text: &str) -> Vec<View> {
-    let mut out =
-        vec![View { text: text.to_string(), encoding: Encoding::Raw, origin: Origin::Identity }];
-    out.extend(derived_views(text));
-    out
-}
-
 /// The views of `text` other than the raw one (for callers that scan `text` itself).
-/// Clean ASCII text without `%`, `\` or a long encoded run ends after one pass.
+/// Clean ASCII text costs a vectorized search for `%` and `\` and one pass over 8-byte
+/// blocks for encoded runs.
 pub fn derived_views(text: &str) -> Vec<View> {
     let mut out = Vec::new();
     let mut budget = text.len().saturating_mul(MAX_DECODED_FACTOR) + 4096;
@@ -126,11 +119,7 @@ pub fn derived_views(text: &str) -> Vec<View> {
 /// False when no transform could change `bytes`: ASCII without `%`, `\` or a run long
 /// enough to decode.
 fn needs_work(bytes: &[u8]) -> bool {
-    !bytes.is_ascii() || memchr_any(bytes) || has_long_run(bytes)
-}
-
-fn memchr_any(bytes: &[u8]) -> bool {
-    memchr::memchr2(b'%', b'\\', bytes).is_some()
+    !bytes.is_ascii() || memchr::memchr2(b'%', b'\\', bytes).is_some() || has_long_run(bytes)
 }
 
 fn compose(outer: &Origin, inner: Vec<usize>) -> Origin {
@@ -542,45 +531,11 @@ pub fn fold_unicode(text: &str) -> String {
     out
 }
 
-const B64_CLASS: u8 = 1;
-const B64URL_CLASS: u8 = 2;
-const HEX_CLASS: u8 = 4;
-const B32_CLASS: u8 = 8;
-
-const fn classes() -> [u8; 256] {
-    let mut t = [0u8; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        let mut c = 0;
-        if b.is_ascii_alphanumeric() {
-            c |= B64_CLASS | B64URL_CLASS;
-        }
-        if b == b'+' || b == b'/' {
-            c |= B64_CLASS;
-        }
-        if b == b'-' || b == b'_' {
-            c |= B64URL_CLASS;
-        }
-        if b.is_ascii_hexdigit() {
-            c |= HEX_CLASS;
-        }
-        if b.is_ascii_uppercase() || (b >= b'2' && b <= b'7') {
-            c |= B32_CLASS;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-}
-
-static CLASS: [u8; 256] = classes();
-
 /// Whether any run of encoding-alphabet bytes is long enough to be worth decoding.
 fn has_long_run(bytes: &[u8]) -> bool {
     let mut run = 0usize;
     for &b in bytes {
-        if CLASS[usize::from(b)] & (B64_CLASS | B64URL_CLASS) != 0 {
+        if in_alphabet(b) {
             run += 1;
             if run >= MIN_B64_RUN {
                 return true;
@@ -747,7 +702,8 @@ fn decode_run(body: &[u8]) -> Vec<(Encoding, String)> {
         let upper = piece.iter().any(u8::is_ascii_uppercase);
         let lower = piece.iter().any(u8::is_ascii_lowercase);
         let folded: Vec<u8> = piece.iter().map(u8::to_ascii_uppercase).collect();
-        if !(upper && lower) && folded.iter().all(|&b| CLASS[usize::from(b)] & B32_CLASS != 0) {
+        let base32 = |b: &u8| b.is_ascii_uppercase() || (b'2'..=b'7').contains(b);
+        if !(upper && lower) && folded.iter().all(base32) {
             for skip in 0..8 {
                 if folded.len() < skip + MIN_B64_RUN {
                     break;

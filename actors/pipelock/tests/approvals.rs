@@ -192,9 +192,15 @@ async fn a_store_restart_during_a_hold_loses_nothing() {
     let id = pending_id(&journal).await;
     // The store dies (a crash, not a stop) with the request parked on it.
     actor.kill();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..250 {
+        if ractor::registry::where_is(name.clone()).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The operator answers while no store runs: the journal takes it.
     journal.decide(&id, Decision::Approve, None, "operator").unwrap();
+    // Nothing to wait for here: this is a window in which nothing may happen.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!waiting.is_finished(), "released without a store");
     // A new store (the supervisor's restart) replays the journal and releases it.

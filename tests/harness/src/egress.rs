@@ -54,19 +54,9 @@ fn canned(headers: &hyper::HeaderMap) -> Option<hyper::Response<Full<Bytes>>> {
 
 /// Standard base64 (for Sec-WebSocket-Accept).
 pub fn base64(data: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
+    let mut out = bottle_pipelock::base64_encode(data, false);
+    while !out.len().is_multiple_of(4) {
+        out.push('=');
     }
     out
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bottle_egress::routes::RouteTable;
 use bottle_egress::{DlpConfig, EgressActor, EgressConfig, EgressSettings, approval_store_name};
-use bottle_pipelock::approvals::{ApprovalClient, ApprovalStore, Journal, StoreArgs};
+use bottle_pipelock::approvals::{ApprovalClient, ApprovalStore, Journal};
 use bottle_tests::egress::{Proxy, Upstream, curl_via};
 use bottle_tests::external::TempDir;
 use rand::Rng;
@@ -256,15 +256,7 @@ async fn store(
     dir: &Path,
     proxy: &Proxy,
 ) -> ractor::ActorRef<bottle_pipelock::approvals::ApprovalMsg> {
-    let egress = proxy.egress.clone();
-    let args = StoreArgs {
-        dir: dir.to_path_buf(),
-        on_approve: Some(std::sync::Arc::new(move |fps: &[(String, String)]| {
-            egress.approve_fingerprints(fps)
-        })),
-        bottle: Some("e2e".into()),
-    };
-
+    let args = proxy.egress.approval_store_args(dir, "e2e");
     ractor::Actor::spawn(Some(name.to_string()), ApprovalStore, args).await.unwrap().0
 }
 
@@ -277,18 +269,20 @@ fn bottle_cli(args: &[&str], dir: &Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
-async fn wait_pending(dir: &Path, skip: usize) -> String {
+/// The id of the first pending hold in the queue at `dir`, once there is one.
+async fn wait_pending(dir: &Path) -> String {
     let journal = Journal::open(dir).unwrap();
-    for _ in 0..300 {
-        let pending: Vec<_> =
-            journal.list().unwrap().into_iter().filter(|h| h.decision.is_none()).collect();
-        if pending.len() > skip {
-            return pending[skip].id.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut id = None;
+    let found = bottle_tests::eventually(Duration::from_secs(9), || {
+        id = journal.list().unwrap().into_iter().find(|h| h.decision.is_none()).map(|h| h.id);
+        id.is_some()
+    })
+    .await;
+    if !found {
+        let journal = std::fs::read_to_string(dir.join(bottle_pipelock::approvals::JOURNAL));
+        panic!("no hold appeared in {}: {journal:?}", dir.display());
     }
-    let journal = std::fs::read_to_string(dir.join(bottle_pipelock::approvals::JOURNAL));
-    panic!("no hold appeared in {}: {journal:?}", dir.display());
+    id.unwrap_or_default()
 }
 
 async fn held_world(
@@ -320,7 +314,7 @@ async fn hold_is_released_by_bottle_approve_and_the_value_is_safelisted() {
     let (proxy, ca) = (w.proxy.addr, w.proxy.ca_file());
     let (u, b) = (url.clone(), body.clone());
     let parked = tokio::spawn(async move { curl_via(proxy, ca, &["-d", &b, &u]).await });
-    let id = wait_pending(&queue, 0).await;
+    let id = wait_pending(&queue).await;
     // The operator sees what is held, without the secret.
     let (ok, listing) = bottle_cli(&["approvals"], &queue);
     assert!(ok, "{listing}");
@@ -343,7 +337,7 @@ async fn hold_is_released_by_bottle_approve_and_the_value_is_safelisted() {
     let parked = tokio::spawn(async move {
         curl_via(proxy, ca, &["-d", &both, "https://hold.test/upload"]).await
     });
-    let id2 = wait_pending(&queue, 0).await;
+    let id2 = wait_pending(&queue).await;
     assert_ne!(id, id2);
     let (ok, out) = bottle_cli(&["reject", &id2, "--reason", "second token is not ok"], &queue);
     assert!(ok, "{out}");
@@ -447,12 +441,16 @@ async fn a_restart_of_the_approval_store_mid_hold_loses_nothing() {
     let t = token.clone();
     let parked =
         tokio::spawn(async move { curl_via(listen, c, &["-d", &t, "https://hold.test/u"]).await });
-    let id = wait_pending(&queue, 0).await;
+    let id = wait_pending(&queue).await;
     // The store crashes; the egress actor restarts it; the parked request keeps waiting.
     let store: ractor::ActorRef<bottle_pipelock::approvals::ApprovalMsg> =
         ractor::registry::where_is(approval_store_name(&listen)).unwrap().into();
     store.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let restarted = || {
+        ractor::registry::where_is(approval_store_name(&listen))
+            .is_some_and(|c| c.get_id() != store.get_id())
+    };
+    bottle_tests::eventually(Duration::from_secs(5), restarted).await;
     assert!(!parked.is_finished());
     let again = ractor::registry::where_is(approval_store_name(&listen));
     assert!(again.is_some_and(|c| c.get_id() != store.get_id()), "the store was not restarted");
@@ -468,12 +466,14 @@ async fn a_restart_of_the_approval_store_mid_hold_loses_nothing() {
     let (c, t) = (ca.clone(), second.clone());
     let parked =
         tokio::spawn(async move { curl_via(listen, c, &["-d", &t, "https://hold.test/u"]).await });
-    let id2 = wait_pending(&queue, 0).await;
+    let id2 = wait_pending(&queue).await;
     egress.stop(None);
     let (code, _, _) =
         tokio::time::timeout(Duration::from_secs(20), parked).await.unwrap().unwrap();
     assert_ne!(code, 200, "the proxy went away: the parked request did not get through");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The new proxy's store takes the same name once the old one is gone.
+    let gone = || ractor::registry::where_is(approval_store_name(&listen)).is_none();
+    bottle_tests::eventually(Duration::from_secs(5), gone).await;
     let egress = egress_actor(&dir, &upstream, listen).await;
     let (ok, listing) = bottle_cli(&["approvals"], &queue);
     assert!(ok && listing.contains(&id2), "{listing}");
