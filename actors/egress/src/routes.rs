@@ -283,6 +283,8 @@ pub struct Route {
     header_regexes: HashMap<(usize, usize), regex::Regex>,
     /// The real token, resolved from the environment at load. Never serialized.
     token: Option<String>,
+    /// The DLP policy, defaults filled in.
+    dlp: RouteDlp,
 }
 
 /// The live table.
@@ -492,35 +494,38 @@ fn compile(spec: RouteSpec, env: &dyn Fn(&str) -> Option<String>) -> Result<Rout
             Some(value)
         }
     };
-    Ok(Route { spec, host, path_regexes, header_regexes, token })
+    let dlp = route_dlp(spec.dlp.as_ref());
+    Ok(Route { spec, host, path_regexes, header_regexes, token, dlp })
 }
 
 /// Methods a route may name.
 pub const VALID_METHODS: &[&str] =
     &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
 
+/// A route's DLP policy with the defaults filled in (once, at load).
+fn route_dlp(spec: Option<&DlpSpec>) -> RouteDlp {
+    // An unset list means every detector of its kind; `false` means none.
+    let has = |list: Option<&DetectorList>, name: &str| {
+        list.is_none_or(|l| l.names().iter().any(|n| n == name))
+    };
+    let outbound = spec.and_then(|s| s.outbound_detectors.as_ref());
+    let inbound = spec.and_then(|s| s.inbound_detectors.as_ref());
+    RouteDlp {
+        outbound: bottle_pipelock::Detectors {
+            token_patterns: has(outbound, "token_patterns"),
+            known_secrets: has(outbound, "known_secrets"),
+        },
+        inbound: has(inbound, "naive_injection_detection"),
+        on_outbound: spec.and_then(|s| s.outbound_on_match).unwrap_or(OnMatch::Hold),
+        on_inbound: spec.and_then(|s| s.inbound_on_match).unwrap_or(OnMatch::Block),
+    }
+}
+
 impl Route {
     /// The DLP policy with defaults: every detector on, outbound findings held for
     /// approval, high-confidence inbound findings blocked.
     pub fn dlp(&self) -> RouteDlp {
-        let spec = self.spec.dlp.clone().unwrap_or_default();
-        let outbound = match &spec.outbound_detectors {
-            None => bottle_pipelock::Detectors::ALL,
-            Some(list) => bottle_pipelock::Detectors {
-                token_patterns: list.names().iter().any(|n| n == "token_patterns"),
-                known_secrets: list.names().iter().any(|n| n == "known_secrets"),
-            },
-        };
-        let inbound = match &spec.inbound_detectors {
-            None => true,
-            Some(list) => list.names().iter().any(|n| n == "naive_injection_detection"),
-        };
-        RouteDlp {
-            outbound,
-            inbound,
-            on_outbound: spec.outbound_on_match.unwrap_or(OnMatch::Hold),
-            on_inbound: spec.inbound_on_match.unwrap_or(OnMatch::Block),
-        }
+        self.dlp
     }
 
     /// The operator-pinned address for a request to `port`: `connect: ip:port` pins both,
