@@ -1,0 +1,12 @@
+//! The typed values that cross between the launcher (`bottle`) and the sidecar
+//! (`bottle-init`): one schema, used by both ends.
+//!
+//! Hazard: two hand-kept copies of a schema drift, and the copy that accepts a key the
+//! other ignores is how a typo becomes a half-configured sidecar. Every value here is a
+//! serde type with `deny_unknown_fields`; nothing in this crate does I/O, and no type
+//! that can hold a secret prints it through `Debug`.
+
+#![forbid(unsafe_code)]
+
+pub mod egress;
+pub mod secrets;
