@@ -289,10 +289,19 @@ impl Launch {
             .cast(StepMsg::Run(input, self.cx.clone(), reply_tx.into()))
             .map_err(|e| LaunchError::Actor { step: S::NAME, message: e.to_string() })?;
         tokio::select! {
-            reply = reply_rx => reply.unwrap_or_else(|_| Err(LaunchError::Actor {
-                step: S::NAME,
-                message: "the step ended without answering".into(),
-            })),
+            reply = reply_rx => match reply {
+                Ok(result) => result,
+                // The reply port dropped: the actor died. Its supervision event (with
+                // the panic) follows; wait for it briefly so the cause says why.
+                Err(_) => {
+                    let why = tokio::time::timeout(Duration::from_secs(2), self.failures.recv()).await;
+                    let message = match why {
+                        Ok(Some(panic)) => panic,
+                        _ => "the step ended without answering".into(),
+                    };
+                    Err(LaunchError::Actor { step: S::NAME, message })
+                }
+            },
             Some(panic) = self.failures.recv() => Err(LaunchError::Actor { step: S::NAME, message: panic }),
         }
     }

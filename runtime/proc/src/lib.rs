@@ -10,12 +10,14 @@
 
 mod error;
 pub mod fd;
+mod identity;
 mod reaper;
 pub mod signal;
 mod spawn;
 mod status;
 
 pub use error::{ReaperError, SpawnError};
+pub use identity::ProcessIdentity;
 pub use reaper::{ReapSummary, Reaper};
 pub use spawn::{NotifyFd, SpawnSpec, SpawnedChild};
 pub use status::ExitStatus;
