@@ -5,4 +5,5 @@
 #![forbid(unsafe_code)]
 
 pub mod launch;
+pub mod manage;
 pub mod state;
