@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod demo;
 pub mod launch;
 pub mod manage;
 pub mod state;

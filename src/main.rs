@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod approvals;
-mod demo;
 mod proxy;
+mod tree_demo;
 
 /// Run AI coding agents in throw-away sandboxes behind a sidecar they cannot touch.
 #[derive(Debug, Parser)]
@@ -89,7 +89,7 @@ fn main() -> ExitCode {
         };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Demo { seconds, json } => demo::run(seconds, json).await,
+            Command::Demo { seconds, json } => tree_demo::run(seconds, json).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::Approvals { dir, all, json } => approvals::list(&dir, all, json),
             Command::Approve { id, dir, reason } => {
