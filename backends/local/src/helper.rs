@@ -54,18 +54,13 @@ pub fn run(channel: OwnedFd) -> i32 {
     if let Err(err) = bottle_proc::confine::block_all_signals() {
         return report(&channel, failure(Step::ForkPidOne, "sigprocmask", &err));
     }
-    let report_channel = match channel.try_clone() {
-        Ok(copy) => copy,
-        Err(err) => return report(&channel, failure(Step::ForkPidOne, "dup", &err)),
-    };
-    // The closure owns `channel`: PID 1 gets it; here it is dropped (closed) on return.
-    let spec_ref = &spec;
-    let pid_one = bottle_proc::confine::fork_process(true, move || pid_one(channel, spec_ref));
+    // PID 1 gets the channel; here it is closed once the fork succeeded.
+    let pid_one =
+        bottle_proc::confine::fork_process(true, channel, |channel| pid_one(channel, &spec));
     let pid_one = match pid_one {
         Ok(pid) => pid,
-        Err(err) => return report(&report_channel, fork_failure(Step::ForkPidOne, &err)),
+        Err((err, channel)) => return report(&channel, fork_failure(Step::ForkPidOne, &err)),
     };
-    drop(report_channel);
     match bottle_proc::confine::supervise_child(pid_one) {
         Ok(status) => status.shell_code(),
         Err(_) => SETUP_FAILED,
@@ -125,16 +120,12 @@ fn pid_one(channel: OwnedFd, spec: &SandboxSpec) -> i32 {
         let _ = send(&channel, &HelperMsg::ProbePassed);
         return 0;
     }
-    let report_channel = match channel.try_clone() {
-        Ok(copy) => copy,
-        Err(err) => return report(&channel, failure(Step::ForkAgent, "dup", &err)),
-    };
-    let agent = bottle_proc::confine::fork_process(true, move || run_agent(channel, spec));
+    let agent =
+        bottle_proc::confine::fork_process(true, channel, |channel| run_agent(channel, spec));
     let agent = match agent {
         Ok(pid) => pid,
-        Err(err) => return report(&report_channel, fork_failure(Step::ForkAgent, &err)),
+        Err((err, channel)) => return report(&channel, fork_failure(Step::ForkAgent, &err)),
     };
-    drop(report_channel);
     match bottle_proc::confine::supervise_child(agent) {
         Ok(status) => status.shell_code(),
         Err(_) => SETUP_FAILED,

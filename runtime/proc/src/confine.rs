@@ -29,39 +29,49 @@ pub fn thread_count() -> std::io::Result<usize> {
         .ok_or_else(|| std::io::Error::other("no Threads: line in /proc/self/status"))
 }
 
-/// Forks this (single-threaded) process. The child runs `child` and then `_exit`s with
-/// the code it returns (101 if it panics): it never returns into the caller's stack, so
-/// no destructor or buffered output of the parent runs twice. With `die_with_parent`
-/// the child gets `PR_SET_PDEATHSIG(SIGKILL)` and exits at once if the parent is
-/// already gone (the race between `fork` and `prctl` is closed with a pipe).
-pub fn fork_process<F>(die_with_parent: bool, child: F) -> Result<Pid, ForkError>
+/// Forks this (single-threaded) process, handing `value` to the child.
+///
+/// The child runs `child(value)` and then `_exit`s with the code it returns (101 if it
+/// panics): it never returns into the caller's stack, so no destructor or buffered
+/// output of the parent runs twice. In the parent `value` is dropped on success (an fd
+/// given to the child is closed here) and returned with the error on failure. Every
+/// other fd the parent holds is inherited too, so give the child what it needs through
+/// `value` rather than clones. With `die_with_parent` the child gets
+/// `PR_SET_PDEATHSIG(SIGKILL)` and exits at once if the parent is already gone (the race
+/// between `fork` and `prctl` is closed with a pipe).
+pub fn fork_process<T, F>(die_with_parent: bool, value: T, child: F) -> Result<Pid, (ForkError, T)>
 where
-    F: FnOnce() -> i32,
+    F: FnOnce(T) -> i32,
 {
-    let threads = thread_count().map_err(ForkError::Fork)?;
+    let threads = match thread_count() {
+        Ok(threads) => threads,
+        Err(err) => return Err((ForkError::Fork(err), value)),
+    };
     if threads != 1 {
-        return Err(ForkError::MultiThreaded { threads });
+        return Err((ForkError::MultiThreaded { threads }, value));
     }
     let death_pipe = if die_with_parent {
-        Some(
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|errno| ForkError::DeathPipe(errno.into()))?,
-        )
+        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(pipe) => Some(pipe),
+            Err(errno) => return Err((ForkError::DeathPipe(errno.into()), value)),
+        }
     } else {
         None
     };
     // SAFETY: the process has exactly one thread (checked above), so no lock can be held
     // by a thread that does not exist in the child; the child may run ordinary code.
-    match unsafe { nix::unistd::fork() }.map_err(|errno| ForkError::Fork(errno.into()))? {
-        nix::unistd::ForkResult::Parent { child } => {
+    match unsafe { nix::unistd::fork() } {
+        Err(errno) => Err((ForkError::Fork(errno.into()), value)),
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
             if let Some((read_end, write_end)) = death_pipe {
                 drop(read_end);
                 // Held open until this process exits: its EOF tells the child we died.
                 std::mem::forget(write_end);
             }
+            drop(value);
             Ok(child.as_raw())
         }
-        nix::unistd::ForkResult::Child => {
+        Ok(nix::unistd::ForkResult::Child) => {
             if let Some((read_end, write_end)) = death_pipe {
                 drop(write_end);
                 if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
@@ -70,7 +80,7 @@ where
                     exit_now(1);
                 }
             }
-            let code = catch_unwind(AssertUnwindSafe(child)).unwrap_or(101);
+            let code = catch_unwind(AssertUnwindSafe(move || child(value))).unwrap_or(101);
             exit_now(code)
         }
     }

@@ -95,3 +95,23 @@ pub async fn run(reaper: &Reaper, spec: &SandboxSpec) -> Finished {
     let started = backend().start(spec, reaper).await.expect("sandbox starts");
     finish(started).await
 }
+
+/// `python3 -c script` in the sandbox (python's ctypes and socket reach raw syscalls
+/// without any unsafe code on our side).
+pub fn python(script: &str, workspace: &TempDir) -> SandboxSpec {
+    let mut spec = shell("", workspace);
+    spec.argv = vec!["python3".into(), "-c".into(), script.into()];
+    spec
+}
+
+/// Polls `condition` every 10 ms until it holds or `limit` passes.
+pub async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}
