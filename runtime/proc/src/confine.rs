@@ -264,3 +264,26 @@ pub fn loopback_up() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fork_is_refused_in_a_multi_threaded_process_and_the_value_comes_back() {
+        // The test harness runs this test on a thread of its own: at least two threads.
+        let (err, value) = fork_process(false, 42, |_| 0).expect_err("refused");
+        assert!(matches!(err, ForkError::MultiThreaded { threads } if threads >= 2), "{err:?}");
+        assert_eq!(value, 42);
+    }
+
+    #[test]
+    fn thread_count_sees_a_new_thread() {
+        let before = thread_count().expect("count");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || rx.recv());
+        assert_eq!(thread_count().expect("count"), before + 1);
+        drop(tx);
+        let _ = thread.join();
+    }
+}

@@ -116,3 +116,53 @@ pub fn take_inherited(fd: std::os::fd::RawFd) -> std::io::Result<OwnedFd> {
     // function hands out each number once, so no other OwnedFd wraps it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_message_carries_an_fd_across() {
+        let (left, right) = seqpacket_pair().expect("pair");
+        let (mut reader, mut writer) = std::os::unix::net::UnixStream::pair().expect("stream pair");
+        send_message(left.as_fd(), b"hello", Some(writer.as_fd())).expect("send");
+        let received = recv_message(right.as_fd(), 64).expect("recv").expect("a message");
+        assert_eq!(received.bytes, b"hello");
+        let passed = received.fd.expect("fd attached");
+        // The received fd is the same socket: bytes written to it arrive at `reader`.
+        let mut passed = std::os::unix::net::UnixStream::from(passed);
+        passed.write_all(b"x").expect("write");
+        let mut byte = [0u8; 1];
+        reader.read_exact(&mut byte).expect("read");
+        assert_eq!(&byte, b"x");
+        writer.write_all(b"y").expect("original still works");
+        drop(left);
+        assert!(
+            recv_message(right.as_fd(), 64).expect("recv").is_none(),
+            "EOF after the peer closed"
+        );
+    }
+
+    #[test]
+    fn an_oversized_message_is_an_error_not_a_silent_cut() {
+        let (left, right) = seqpacket_pair().expect("pair");
+        send_message(left.as_fd(), &[7u8; 100], None).expect("send");
+        let err = recv_message(right.as_fd(), 10).expect_err("truncated");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn an_inherited_fd_is_taken_once() {
+        let (left, _right) = seqpacket_pair().expect("pair");
+        let raw = left.as_raw_fd();
+        std::mem::forget(left);
+        let taken = take_inherited(raw).expect("first take");
+        assert_eq!(
+            take_inherited(raw).expect_err("second take").kind(),
+            std::io::ErrorKind::AlreadyExists
+        );
+        drop(taken);
+    }
+}
