@@ -54,3 +54,21 @@ pub enum ReaperError {
     #[error("failed to become a child subreaper")]
     Subreaper(#[source] std::io::Error),
 }
+
+/// Why [`crate::confine::fork_process`] did not fork.
+#[derive(Debug, thiserror::Error)]
+pub enum ForkError {
+    /// The process has more than one thread: a forked child could deadlock on a lock
+    /// another thread held. Spawn a helper through [`crate::Reaper::spawn`] instead.
+    #[error(
+        "refusing to fork a process with {threads} threads (only single-threaded helpers fork)"
+    )]
+    MultiThreaded { threads: usize },
+    /// `fork` itself failed (EAGAIN, ENOMEM; ENOMEM also after `unshare(CLONE_NEWPID)`
+    /// once the namespace's first process has died).
+    #[error("fork failed")]
+    Fork(#[source] std::io::Error),
+    /// The pipe that tells the child its parent died could not be made.
+    #[error("failed to create the parent-death pipe")]
+    DeathPipe(#[source] std::io::Error),
+}

@@ -6,17 +6,21 @@
 //! So every child of a bottle process is spawned through [`Reaper::spawn`] and its status
 //! arrives from the one [`Reaper`], which is also the only caller of `waitpid`.
 //! This is also the only crate allowed `unsafe`: the `pre_exec` hook and a few syscalls.
+//! [`confine`] and [`fdpass`] hold the primitives of the local sandbox's single-threaded
+//! helper (fork, a tiny init, exec, capabilities, loopback, fd passing).
 #![allow(unsafe_code)]
 
+pub mod confine;
 mod error;
 pub mod fd;
+pub mod fdpass;
 mod identity;
 mod reaper;
 pub mod signal;
 mod spawn;
 mod status;
 
-pub use error::{ReaperError, SpawnError};
+pub use error::{ForkError, ReaperError, SpawnError};
 pub use identity::ProcessIdentity;
 pub use reaper::{ReapSummary, Reaper};
 pub use spawn::{NotifyFd, SpawnSpec, SpawnedChild};
