@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use bottle_proc::ExitStatus;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How a child's ending counts for the restart policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExitClass {
     /// Exit 0, or killed by a signal we sent while stopping it.
@@ -166,7 +166,7 @@ impl Termination {
 }
 
 /// Why a supervisor (or the whole tree) ended.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cause", rename_all = "snake_case")]
 pub enum TreeCause {
     /// A graceful shutdown was requested (SIGTERM, a parent, an API call).
@@ -213,7 +213,7 @@ impl TreeCause {
 }
 
 /// The first crash in a (sub)tree: kept so a later graceful shutdown cannot hide it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CrashRecord {
     /// Milliseconds since the tree started.
     pub at_ms: u64,

@@ -1,7 +1,7 @@
 //! The machine-readable exit report (JSON): why the tree ended, with which code, and
 //! every child's restart count and last statuses.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::exit::{CrashRecord, ExitClass, TreeCause};
 
@@ -9,7 +9,7 @@ use crate::exit::{CrashRecord, ExitClass, TreeCause};
 pub const HISTORY: usize = 8;
 
 /// One past termination of a child.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     /// Milliseconds since the tree started.
     pub at_ms: u64,
