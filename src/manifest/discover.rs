@@ -62,6 +62,14 @@ impl SearchPath {
         self.home.as_deref()
     }
 
+    /// `path` made absolute against the current directory, when that is known.
+    pub fn absolute(&self, path: &Path) -> PathBuf {
+        match &self.cwd {
+            Some(cwd) if path.is_relative() => cwd.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
     /// The file of the bottle `name`: the first directory that has `<name>.md`.
     pub fn find(&self, name: &str) -> Result<PathBuf> {
         validate_name(name)?;

@@ -37,7 +37,8 @@ pub fn resolve(name_or_path: &str, search: &SearchPath) -> Result<ResolvedBottle
                 .collect();
             (search.find(&name)?, warnings)
         }
-        Target::Path(path) => (path, Vec::new()),
+        // Relative to the current directory, so paths taken from the file come out absolute.
+        Target::Path(path) => (search.absolute(&path), Vec::new()),
     };
     let mut graph = Graph { search, done: HashSet::new(), order: Vec::new() };
     graph.visit(&root, &mut Vec::new())?;

@@ -147,6 +147,15 @@ fn an_explicit_path_is_read_even_outside_the_search_path() {
 }
 
 #[test]
+fn a_relative_path_is_taken_from_the_current_directory() {
+    let bottle = resolve_ok("../home/.config/bottle/bottles/base.md");
+    assert_eq!(bottle.sources, [fixtures().join("cwd/../home/.config/bottle/bottles/base.md")]);
+    let identity = &bottle.repos["shared"].identity;
+    assert!(identity.is_absolute(), "{}", identity.display());
+    assert!(identity.ends_with("home/.config/bottle/bottles/keys/shared"));
+}
+
+#[test]
 fn the_reference_systems_directory_is_searched_second() {
     assert_eq!(resolve_ok("shadowed").env["WHERE"].expose(), "config");
     let legacy = resolve_ok("legacy");
