@@ -1,10 +1,19 @@
-//! The `bottle` launcher as a library: what `bottle run` and its subcommands are made of.
-//! The binary (`src/main.rs`) parses arguments and maps outcomes to exit codes; nothing
-//! here exits the process.
+//! `bottle`, the launcher's library: what `bottle run` and its subcommands are made of.
+//!
+//! Hazard: this is the host side, where the user's secrets live. Nothing here prints,
+//! exits the process or puts a secret in an error; `main` parses arguments, decides what
+//! to show and maps outcomes to exit codes.
+//! - [`manifest`]: bottle files (Markdown with YAML frontmatter), their search path in the
+//!   user's home and their `extends` merge.
+//! - [`launch`]: launch steps as actors under one supervisor, torn down in reverse.
+//! - [`state`]: the per-bottle state folders and the allocation lock.
+//! - [`manage`]: `ps`, `stop`, `cleanup` over the state folders.
+//! - [`demo`]: the fake API `bottle demo` routes to.
 
 #![forbid(unsafe_code)]
 
 pub mod demo;
 pub mod launch;
 pub mod manage;
+pub mod manifest;
 pub mod state;
