@@ -19,7 +19,11 @@ use bottle_runtime::{Node, NodeConfig, NodeHandle, NodeMsg, SupervisorMsg, Super
 use ractor::ActorRef;
 use tokio::sync::mpsc;
 
-use crate::config::{ConfigFileError, DEFAULT_CONTROL_SOCKET, InitConfig};
+use bottle_protocol::secrets::Secrets;
+
+use crate::config::{
+    ConfigFileError, DEFAULT_CONTROL_SOCKET, DaemonReload, InitConfig, InitConfigFile,
+};
 
 /// What to run.
 #[derive(Debug)]
@@ -74,6 +78,8 @@ pub(crate) struct Init {
     node: Mutex<Option<ActorRef<NodeMsg>>>,
     root: tokio::sync::OnceCell<ActorRef<SupervisorMsg>>,
     usr1: mpsc::Sender<()>,
+    /// Resolved once at start; a reload hands the builtins the same values.
+    secrets: Secrets,
 }
 
 impl std::fmt::Debug for Init {
@@ -124,8 +130,9 @@ impl Init {
         let Some(path) = &self.config_path else {
             return Err("no config file to reload (single-program mode)".into());
         };
-        let new = InitConfig::load(path)
-            .and_then(|c| c.to_spec(&environ(), daemons_filter().as_deref()).map(|spec| (c, spec)));
+        let new = InitConfig::load(path).and_then(|c| {
+            c.to_spec(&environ(), daemons_filter().as_deref(), &self.secrets).map(|spec| (c, spec))
+        });
         let (new, spec) = match new {
             Ok(ok) => ok,
             Err(err) => {
@@ -261,8 +268,12 @@ pub(crate) async fn run(options: Options) -> Result<i32, InitError> {
     // Keep a slice of the grace budget for the final sweep of the namespace.
     let sweep_budget =
         (grace / 8).clamp(Duration::from_millis(200), Duration::from_secs(1)).min(grace / 2);
+    let secrets = match &config {
+        Some(config) => crate::secrets::resolve(config.secrets)?,
+        None => Secrets::new(),
+    };
     let spec = match &config {
-        Some(config) => config.to_spec(&environ(), daemons_filter().as_deref())?,
+        Some(config) => config.to_spec(&environ(), daemons_filter().as_deref(), &secrets)?,
         // An empty argv cannot come from main; if it did, validation refuses it.
         None => single_spec(
             argv.unwrap_or_default(),
@@ -287,6 +298,7 @@ pub(crate) async fn run(options: Options) -> Result<i32, InitError> {
         node: Mutex::new(None),
         root: tokio::sync::OnceCell::new(),
         usr1: usr1_tx,
+        secrets,
     });
     // Bind before starting daemons so a bad socket path is a config error with nothing started.
     let listener = match &control_path {
@@ -374,7 +386,7 @@ pub(crate) async fn run(options: Options) -> Result<i32, InitError> {
     let swept = sweep(is_pid1, sweep_budget).await;
     tracing::info!(code = exit.code, cause = ?exit.report.cause, swept, sweep = ?sweep_started.elapsed(), "bottle-init exiting.");
     if let Some(path) = exit_report
-        && let Err(err) = write_report(&path, &exit.report.to_json())
+        && let Err(err) = write_report(&path, &exit.report)
     {
         tracing::error!(path = %path.display(), error = %err, "Cannot write the exit report.");
     }
@@ -416,7 +428,12 @@ async fn sweep(whole_namespace: bool, budget: Duration) -> usize {
     signalled
 }
 
-fn write_report(path: &std::path::Path, json: &str) -> std::io::Result<()> {
+fn write_report(
+    path: &std::path::Path,
+    report: &bottle_runtime::report::ExitReport,
+) -> std::io::Result<()> {
+    let json =
+        bottle_protocol::exit::ExitReport::from(report).to_json().map_err(std::io::Error::other)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }

@@ -12,6 +12,7 @@ mod builtin;
 mod config;
 mod control;
 mod init;
+mod secrets;
 
 /// PID 1 of the bottle sidecar.
 #[derive(Debug, Parser)]
@@ -137,7 +138,7 @@ pub(crate) use bottle_runtime::error_chain as chain;
 
 #[allow(clippy::print_stdout)] // ctl's output is the answer
 async fn ctl(socket: PathBuf, action: CtlAction) -> i32 {
-    use control::Request;
+    use bottle_protocol::control::{Reply, Request};
     let (request, json) = match action {
         CtlAction::Status { json } => (Request::Status, json),
         CtlAction::Restart { name } => (Request::Restart { name }, false),
@@ -151,35 +152,34 @@ async fn ctl(socket: PathBuf, action: CtlAction) -> i32 {
             return 1;
         }
     };
-    if !reply.ok {
-        tracing::error!("{}", reply.error.unwrap_or_else(|| "failed".into()));
-        return 1;
-    }
-    match (reply.status, json) {
-        (Some(status), true) => {
+    match reply {
+        Reply::Error(refused) => {
+            tracing::error!(kind = ?refused.kind, "{}", refused.message);
+            return 1;
+        }
+        Reply::Status(status) if json => {
             println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default())
         }
-        (Some(status), false) => print!("{}", render_status(&status)),
-        (None, _) => println!("{}", reply.message.unwrap_or_default()),
+        Reply::Status(status) => print!("{}", render_status(&status)),
+        Reply::Done { message } => println!("{message}"),
     }
     0
 }
 
-fn render_status(status: &serde_json::Value) -> String {
+fn render_status(status: &bottle_protocol::control::TreeStatus) -> String {
     let mut out = format!(
         "{:<16} {:<8} {:>8} {:>8} {:<6} {}\n",
         "NAME", "STATE", "PID", "RESTARTS", "READY", "LAST EXIT"
     );
-    for child in status["children"].as_array().into_iter().flatten() {
-        let running = child["running"].as_bool().unwrap_or(false);
+    for child in &status.children {
         out.push_str(&format!(
             "{:<16} {:<8} {:>8} {:>8} {:<6} {}\n",
-            child["name"].as_str().unwrap_or("?"),
-            if running { "running" } else { "down" },
-            child["pid"].as_i64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            child["restarts"].as_u64().unwrap_or(0),
-            if child["ready"].as_bool().unwrap_or(false) { "yes" } else { "no" },
-            child["last_exit"].as_str().unwrap_or("-"),
+            child.name,
+            if child.running { "running" } else { "down" },
+            child.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            child.restarts,
+            if child.ready { "yes" } else { "no" },
+            child.last_exit.as_deref().unwrap_or("-"),
         ));
     }
     out

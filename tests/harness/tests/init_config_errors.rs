@@ -38,17 +38,26 @@ fn each_bad_config_is_a_clear_error_with_code_196_and_nothing_started() {
         (Some(format!("{STARTER}this is = = not toml")), "not valid TOML"),
         (
             Some(format!("grace_secs = 3\n{STARTER}")),
-            "unknown key \"grace_secs\" in the top level; did you mean \"grace_seconds\"?",
+            "unknown key `grace_secs`; did you mean `grace_seconds`?",
         ),
-        (Some(format!("{STARTER}stop_timout = 3\n")), "did you mean \"stop_timeout\""),
+        (
+            Some(format!("{STARTER}stop_timout = 3\n")),
+            "unknown key `daemon[0].stop_timout`; did you mean `stop_timeout`?",
+        ),
+        (
+            Some(format!(
+                "{STARTER}[[daemon]]\nname = \"egress\"\n[daemon.builtin.egress]\nroutes = \"/r.yaml\"\nlistn = 1\n"
+            )),
+            "unknown key `daemon[1].builtin.egress.listn`; did you mean `listen`?",
+        ),
         (Some(format!("{STARTER}{STARTER}")), "duplicate daemon name \"starter\""),
         (
-            Some(format!("{STARTER}[[daemon]]\nname = \"egress\"\nbuiltin = \"egres\"\n")),
-            "unknown builtin \"egres\"",
+            Some(format!("{STARTER}[[daemon]]\nname = \"egress\"\n[daemon.builtin.egres]\n")),
+            "`daemon[1].builtin` is not one of `egress`, `git-gate`, `supervise`; did you mean `egress`?",
         ),
         (
             Some(format!("{STARTER}[[daemon]]\nname = \"empty\"\ncommand = []\n")),
-            "command is empty",
+            "`daemon[1].command`: is empty: nothing to execute",
         ),
         (
             Some(format!(
@@ -84,6 +93,48 @@ fn a_secret_named_in_pass_env_never_appears_in_an_error() {
     let (code, stderr, _) = run_with(Some(&config), &[("EGRESS_TOKEN_0", "sk-very-secret-value")]);
     assert_eq!(code, 196);
     assert!(stderr.contains("not an address"), "{stderr}");
+    assert!(!stderr.contains("sk-very-secret-value"), "{stderr}");
+}
+
+#[test]
+fn secrets_from_an_fd_that_is_not_open_or_not_json_are_config_errors_that_quote_nothing() {
+    let config = format!("secrets = {{ fd = 57 }}\n{STARTER}");
+    let (code, stderr, started) = run_with(Some(&config), &[]);
+    assert_eq!(code, 196, "{stderr}");
+    assert!(stderr.contains("`secrets`: cannot take the inherited fd 57"), "{stderr}");
+    assert!(!started);
+
+    // A pipe left open (not close-on-exec) for bottle-init, holding something that is
+    // not a JSON map of strings.
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    writer.write_all(br#"{"TOKEN": ["sk-very-secret-value"]}"#).unwrap();
+    drop(writer);
+    nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+    let config = format!("secrets = {{ fd = {} }}\n{STARTER}", reader.as_raw_fd());
+    let (code, stderr, started) = run_with(Some(&config), &[]);
+    assert_eq!(code, 196, "{stderr}");
+    assert!(stderr.contains("is not a JSON object of name -> string"), "{stderr}");
+    assert!(!stderr.contains("sk-very-secret-value"), "{stderr}");
+    assert!(!started);
+}
+
+#[test]
+fn secrets_from_an_inherited_fd_are_read_and_the_daemons_start() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    writer.write_all(br#"{"TOKEN": "sk-very-secret-value"}"#).unwrap();
+    drop(writer);
+    nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+    let config = format!(
+        "secrets = {{ fd = {} }}\n[[daemon]]\nname = \"job\"\ncommand = [\"/bin/touch\", \"MARKER\"]\nrestart = \"temporary\"\nsignificant = true\n",
+        reader.as_raw_fd()
+    );
+    let (code, stderr, started) = run_with(Some(&config), &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(started, "{stderr}");
     assert!(!stderr.contains("sk-very-secret-value"), "{stderr}");
 }
 

@@ -199,7 +199,7 @@ fn a_bad_config_in_a_container_exits_196_and_names_the_key() {
         "[[daemon]]\nname = \"a\"\ncommand = [\"/testchild\", \"sleep\", \"600\"]\nintensity = 1\n",
     );
     assert_eq!(c.exit_code(), 196, "{}", c.logs());
-    assert!(c.logs().contains("unknown key \"intensity\""), "{}", c.logs());
+    assert!(c.logs().contains("unknown key `daemon[0].intensity`"), "{}", c.logs());
 }
 
 #[test]

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use bottle_protocol::egress::{EgressSettings, Listen};
+use bottle_protocol::init::{Builtin, DaemonConfig, InitConfig};
 use bottle_tests::egress::Upstream;
 use bottle_tests::external::{Guarded, TempDir, bottle_init, command, output, wait_until};
 
@@ -32,15 +34,18 @@ async fn the_builtin_egress_serves_reloads_on_sighup_and_keeps_the_old_table_on_
     let routes = dir.join("routes.yaml");
     let route = |host: &str| format!("  - host: {host}\n    connect: \"{}\"\n", upstream.addr);
     std::fs::write(&routes, format!("routes:\n{}", route("plain.test"))).unwrap();
-    std::fs::write(
-        dir.join("init.toml"),
-        format!(
-            "control_socket = \"{d}/ctl.sock\"\n[[daemon]]\nname = \"egress\"\nbuiltin = \"egress\"\nsignificant = true\n[daemon.config]\nroutes = \"{r}\"\nlisten = \"127.0.0.1:{port}\"\nca_out = \"{d}/ca\"\n",
-            d = dir.0.display(),
-            r = routes.display()
-        ),
-    )
-    .unwrap();
+    // The config the launcher renders for a bottle with the egress builtin.
+    let mut egress = EgressSettings::new(&routes);
+    egress.listen = Listen::Addr(([127, 0, 0, 1], port).into());
+    egress.ca_out = Some(dir.join("ca"));
+    let mut daemon = DaemonConfig::builtin("egress", Builtin::Egress(egress));
+    daemon.significant = true;
+    let config = InitConfig {
+        control_socket: Some(dir.join("ctl.sock")),
+        daemon: vec![daemon],
+        ..InitConfig::default()
+    };
+    std::fs::write(dir.join("init.toml"), config.to_toml().unwrap()).unwrap();
     let mut cmd = command(bottle_init());
     cmd.arg("--config").arg(dir.join("init.toml"));
     let init = Guarded::spawn(&mut cmd);

@@ -6,6 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+use bottle_protocol::control::{ErrorKind, MAX_REQUEST_BYTES, Reply, TreeStatus};
+use bottle_protocol::init::{BackoffConfig, DaemonConfig, InitConfig};
+use bottle_runtime::policy::RestartType;
+
 use bottle_tests::external::{
     Guarded, TempDir, bottle_init, children_matching, cmdline, command, init_under, output,
     wait_until,
@@ -19,12 +23,18 @@ struct Pid1 {
 }
 
 impl Pid1 {
-    fn start(config: &str) -> Pid1 {
+    /// Starts bottle-init on the config the launcher would render for `daemons`, with
+    /// a 4 s grace, a control socket and an exit report in the test's directory.
+    fn start(daemons: Vec<DaemonConfig>) -> Pid1 {
         let dir = TempDir::new("pid1");
-        let text = config
-            .replace("TESTCHILD", testchild_path().to_str().unwrap())
-            .replace("DIR", dir.0.to_str().unwrap());
-        std::fs::write(dir.join("init.toml"), text).unwrap();
+        let config = InitConfig {
+            grace_seconds: 4.0,
+            control_socket: Some(dir.join("ctl.sock")),
+            exit_report: Some(dir.join("report.json")),
+            daemon: daemons,
+            ..InitConfig::default()
+        };
+        std::fs::write(dir.join("init.toml"), config.to_toml().unwrap()).unwrap();
         let mut cmd = command("unshare");
         cmd.args(["--pid", "--fork", "--mount-proc"])
             .arg(bottle_init())
@@ -59,6 +69,29 @@ impl Pid1 {
         )
     }
 
+    /// Sends one raw request line over the socket and reads the typed reply.
+    fn send(&self, line: &[u8]) -> Reply {
+        use std::io::{Read, Write};
+        let mut sock = std::os::unix::net::UnixStream::connect(self.dir.join("ctl.sock")).unwrap();
+        // An oversize line may be cut off by the server before it is all written.
+        let _ = sock.write_all(line);
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+        let mut reply = Vec::new();
+        sock.read_to_end(&mut reply).unwrap();
+        Reply::from_line(&reply).unwrap()
+    }
+
+    /// The tree's status, uptimes left out (they change between two calls).
+    fn status(&self) -> TreeStatus {
+        match self.send(b"\"status\"\n") {
+            Reply::Status(mut status) => {
+                status.children.iter_mut().for_each(|c| c.uptime_secs = None);
+                status
+            }
+            other => panic!("status: {other:?}"),
+        }
+    }
+
     fn wait_ready(&self, n: usize) {
         assert!(
             wait_until(Duration::from_secs(5), || {
@@ -76,15 +109,28 @@ impl Pid1 {
     }
 }
 
-const HEADER: &str =
-    "grace_seconds = 4\ncontrol_socket = \"DIR/ctl.sock\"\nexit_report = \"DIR/report.json\"\n";
+/// A daemon running the test child with `args`.
+fn testchild(name: &str, args: &[&str]) -> DaemonConfig {
+    let mut argv = vec![testchild_path().to_str().unwrap().to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    DaemonConfig::command(name, argv)
+}
+
+/// A daemon running `script` under `/bin/sh -c`; `TESTCHILD` names the test child.
+fn shell(name: &str, script: &str) -> DaemonConfig {
+    let script = script.replace("TESTCHILD", testchild_path().to_str().unwrap());
+    DaemonConfig::command(name, vec!["/bin/sh".into(), "-c".into(), script])
+}
+
+fn fast_backoff(mut daemon: DaemonConfig) -> DaemonConfig {
+    daemon.backoff = Some(BackoffConfig { initial: Some(0.01), ..BackoffConfig::default() });
+    daemon
+}
 
 #[test]
 fn sigterm_from_outside_stops_the_namespace_gracefully_with_exit_zero() {
-    let config = format!(
-        "{HEADER}[[daemon]]\nname = \"a\"\ncommand = [\"TESTCHILD\", \"sleep\", \"600\"]\n[[daemon]]\nname = \"b\"\ncommand = [\"TESTCHILD\", \"sleep\", \"601\"]\n"
-    );
-    let pid1 = Pid1::start(&config);
+    let pid1 =
+        Pid1::start(vec![testchild("a", &["sleep", "600"]), testchild("b", &["sleep", "601"])]);
     pid1.wait_ready(2);
     assert_eq!(
         std::fs::read_to_string(format!("/proc/{}/status", pid1.init))
@@ -110,10 +156,7 @@ fn sigterm_from_outside_stops_the_namespace_gracefully_with_exit_zero() {
 
 #[test]
 fn a_daemon_killed_with_sigkill_from_outside_is_restarted() {
-    let config = format!(
-        "{HEADER}[[daemon]]\nname = \"a\"\ncommand = [\"TESTCHILD\", \"sleep\", \"600\"]\nbackoff = {{ initial = 0.01 }}\n"
-    );
-    let pid1 = Pid1::start(&config);
+    let pid1 = Pid1::start(vec![fast_backoff(testchild("a", &["sleep", "600"]))]);
     pid1.wait_ready(1);
     let first = pid1.daemons("sleep 600")[0];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::Signal::SIGKILL)
@@ -136,10 +179,8 @@ fn a_daemon_killed_with_sigkill_from_outside_is_restarted() {
 #[test]
 fn orphans_re_parented_to_pid_1_are_reaped() {
     // Every 100 ms a daemon leaves 3 orphans that live 50 ms.
-    let config = format!(
-        "{HEADER}[[daemon]]\nname = \"forker\"\ncommand = [\"/bin/sh\", \"-c\", \"while :; do TESTCHILD orphans 3 0; sleep 0.1; done\"]\n"
-    );
-    let pid1 = Pid1::start(&config);
+    let pid1 =
+        Pid1::start(vec![shell("forker", "while :; do TESTCHILD orphans 3 0; sleep 0.1; done")]);
     pid1.wait_ready(1);
     std::thread::sleep(Duration::from_millis(1500));
     // Zombies may exist for an instant between exit and reap; they never pile up.
@@ -159,10 +200,10 @@ fn orphans_re_parented_to_pid_1_are_reaped() {
 
 #[test]
 fn a_significant_daemon_exit_code_is_the_exit_code_the_parent_sees() {
-    let config = format!(
-        "{HEADER}[[daemon]]\nname = \"job\"\ncommand = [\"TESTCHILD\", \"exit\", \"3\"]\nrestart = \"temporary\"\nsignificant = true\n[[daemon]]\nname = \"other\"\ncommand = [\"TESTCHILD\", \"sleep\", \"600\"]\n"
-    );
-    let pid1 = Pid1::start(&config);
+    let mut job = testchild("job", &["exit", "3"]);
+    job.restart = RestartType::Temporary;
+    job.significant = true;
+    let pid1 = Pid1::start(vec![job, testchild("other", &["sleep", "600"])]);
     let (code, _, err, _) = pid1.finish(Duration::from_secs(10));
     assert_eq!(code, Some(3), "{err}");
 }
@@ -171,10 +212,10 @@ fn a_significant_daemon_exit_code_is_the_exit_code_the_parent_sees() {
 fn shutdown_sweeps_a_stray_process_that_ignores_sigterm_within_the_grace() {
     // The daemon starts a stray in its own session (so our group SIGTERM misses it)
     // that ignores SIGTERM; the final sweep must SIGKILL it before PID 1 exits.
-    let config = format!(
-        "{HEADER}[[daemon]]\nname = \"leaky\"\ncommand = [\"/bin/sh\", \"-c\", \"setsid TESTCHILD ignore-term 600 & exec TESTCHILD sleep 600\"]\n"
-    );
-    let pid1 = Pid1::start(&config);
+    let pid1 = Pid1::start(vec![shell(
+        "leaky",
+        "setsid TESTCHILD ignore-term 600 & exec TESTCHILD sleep 600",
+    )]);
     pid1.wait_ready(1);
     assert!(wait_until(Duration::from_secs(5), || {
         bottle_runtime::proc::fd::list_pids().into_iter().any(|p| {
@@ -192,10 +233,8 @@ fn shutdown_sweeps_a_stray_process_that_ignores_sigterm_within_the_grace() {
 
 #[test]
 fn the_control_socket_serves_status_restart_reload_and_stop() {
-    let config = format!(
-        "{HEADER}[[daemon]]\nname = \"a\"\ncommand = [\"TESTCHILD\", \"sleep\", \"600\"]\n[[daemon]]\nname = \"b\"\ncommand = [\"TESTCHILD\", \"sleep\", \"601\"]\n"
-    );
-    let pid1 = Pid1::start(&config);
+    let pid1 =
+        Pid1::start(vec![testchild("a", &["sleep", "600"]), testchild("b", &["sleep", "601"])]);
     pid1.wait_ready(2);
     let mode = std::fs::metadata(pid1.dir.join("ctl.sock"))
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
@@ -210,17 +249,24 @@ fn the_control_socket_serves_status_restart_reload_and_stop() {
     let (_, json, _) = pid1.ctl(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_ne!(status["children"][1]["pid"].as_i64().unwrap(), b_before);
-    // Malformed and oversized requests get an error reply; the init keeps serving.
-    for garbage in
-        [b"garbage\n".to_vec(), b"{\"cmd\":\"explode\"}\n".to_vec(), vec![b'x'; 70 * 1024]]
-    {
-        use std::io::{Read, Write};
-        let mut sock = std::os::unix::net::UnixStream::connect(pid1.dir.join("ctl.sock")).unwrap();
-        let _ = sock.write_all(&garbage);
-        let _ = sock.shutdown(std::net::Shutdown::Write);
-        let mut reply = String::new();
-        sock.read_to_string(&mut reply).unwrap();
-        assert!(reply.contains("\"ok\":false"), "{reply}");
+    // Bad requests get a typed error reply and leave the daemon tree as it was.
+    let before = pid1.status();
+    let oversize = vec![b' '; MAX_REQUEST_BYTES + 10];
+    for (line, kind, says) in [
+        (&b"garbage\n"[..], ErrorKind::Malformed, "not valid JSON"),
+        (b"\"explode\"\n", ErrorKind::UnknownRequest, "`status`, `restart`, `reload`, `stop`"),
+        (b"{\"restart\":{\"name\":5}}\n", ErrorKind::InvalidField, "`restart.name`: wrong type"),
+        (b"{\"restart\":{\"nmae\":\"b\"}}\n", ErrorKind::InvalidField, "did you mean `name`?"),
+        (&oversize[..], ErrorKind::TooLarge, "request longer than"),
+    ] {
+        match pid1.send(line) {
+            Reply::Error(e) => {
+                assert_eq!(e.kind, kind, "{e:?}");
+                assert!(e.message.contains(says), "{says}: {e:?}");
+            }
+            other => panic!("{kind:?}: not an error reply: {other:?}"),
+        }
+        assert_eq!(pid1.status(), before, "{kind:?} changed the tree");
     }
     let (ok, _, err) = pid1.ctl(&["restart", "nope"]);
     assert!(!ok && err.contains("no child \"nope\""), "{err}");
@@ -241,10 +287,9 @@ fn the_control_socket_serves_status_restart_reload_and_stop() {
 
 #[test]
 fn stray_signals_do_not_kill_pid_1_and_sighup_reloads() {
-    let config = format!(
-        "{HEADER}[[daemon]]\nname = \"a\"\ncommand = [\"TESTCHILD\", \"sleep\", \"600\"]\nreload_signal = \"USR2\"\n"
-    );
-    let pid1 = Pid1::start(&config);
+    let mut a = testchild("a", &["sleep", "600"]);
+    a.reload_signal = Some("USR2".into());
+    let pid1 = Pid1::start(vec![a]);
     pid1.wait_ready(1);
     use nix::sys::signal::Signal::*;
     for signal in [
