@@ -14,6 +14,7 @@ pub mod confine;
 mod error;
 pub mod fd;
 pub mod fdpass;
+pub mod pty;
 mod reaper;
 pub mod signal;
 mod spawn;
