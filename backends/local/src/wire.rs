@@ -5,6 +5,8 @@
 //! (the agent's `execve`) is the end of the stream itself: every copy of the helper's
 //! end is close-on-exec, so EOF arrives exactly when the agent has exec'd, or when a
 //! process died. A [`HelperMsg::SetupFailed`] before EOF says which step failed and why.
+//! In between, PID 1 reports [`HelperMsg::Held`] and starts nothing until the launcher's
+//! [`LauncherMsg::Release`]; the exec socket carries [`ExecMsg`] and [`ExecReply`].
 
 use serde::{Deserialize, Serialize};
 
