@@ -29,6 +29,32 @@ pub enum LocalError {
         /// Its exit status as the reaper saw it, or "unknown".
         status: String,
     },
+    /// The exec socket could not be reached (no such sandbox, or it ended).
+    #[error("cannot reach the sandbox's exec socket {socket:?}")]
+    ExecUnreachable {
+        /// The socket path.
+        socket: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sandbox refused or failed to start the command.
+    #[error("exec in the sandbox failed: {step} ({detail})")]
+    ExecFailed {
+        /// The step that failed.
+        step: crate::wire::Step,
+        /// The program or path it worked on.
+        detail: String,
+        /// The OS error (errno 0 when the failure was not one).
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection to the sandbox ended without the command's status.
+    #[error("the sandbox ended the exec session without a status ({last})")]
+    ExecLost {
+        /// What was received last.
+        last: String,
+    },
     /// The seccomp rules could not be compiled (a bug in the rules).
     #[error("invalid seccomp rules")]
     SeccompRules(#[source] seccompiler::BackendError),

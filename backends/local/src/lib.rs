@@ -15,15 +15,18 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod exec;
 pub mod helper;
 mod launch;
 pub mod mounts;
 pub mod preflight;
 pub mod seccomp;
+mod serve;
 pub mod spec;
 pub mod wire;
 
 pub use error::LocalError;
-pub use launch::{Check, CheckOutcome, HelperCommand, LocalSandbox, SandboxHandle, Started};
+pub use exec::{ExecRequest, ExecSession, exec};
+pub use launch::{Check, CheckOutcome, Held, HelperCommand, LocalSandbox, SandboxHandle, Started};
 pub use preflight::{Cause, Refusal, UsernsSysctls};
-pub use spec::{Mode, ReadOnlyBind, RootFs, SandboxSpec, Workspace};
+pub use spec::{AgentStdio, Mode, ReadOnlyBind, RootFs, SandboxSpec, Workspace};

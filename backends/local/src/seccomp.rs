@@ -30,8 +30,9 @@ pub const DENIED: &[(&str, i64)] = &[
     ("io_uring_setup", libc::SYS_io_uring_setup),
     ("io_uring_enter", libc::SYS_io_uring_enter),
     ("io_uring_register", libc::SYS_io_uring_register),
-    // Reading or writing other processes.
+    // Reading or writing other processes (pidfd_getfd: taking another's fds).
     ("ptrace", libc::SYS_ptrace),
+    ("pidfd_getfd", libc::SYS_pidfd_getfd),
     ("process_vm_readv", libc::SYS_process_vm_readv),
     ("process_vm_writev", libc::SYS_process_vm_writev),
     // Large kernel attack surface no agent needs.
@@ -73,6 +74,10 @@ pub const DENIED: &[(&str, i64)] = &[
     ("syslog", libc::SYS_syslog),
 ];
 
+/// `ioctl` requests denied: typing into a terminal (`TIOCSTI`, bubblewrap's
+/// CVE-2017-5226) and the console's selection and keyboard requests (`TIOCLINUX`).
+const DENIED_IOCTLS: &[u64] = &[0x5412, 0x541C]; // TIOCSTI, TIOCLINUX (asm-generic)
+
 /// Namespace flags that `clone` may not carry.
 const NAMESPACE_FLAGS: &[libc::c_int] = &[
     libc::CLONE_NEWNS,
@@ -101,6 +106,11 @@ pub fn programs() -> Result<Vec<BpfProgram>, LocalError> {
         .collect::<Result<Vec<_>, _>>()?;
     insert_with_aliases(&mut rules, libc::SYS_clone, flag_rules);
     insert_with_aliases(&mut rules, libc::SYS_socket, vec![rule(0, SeccompCmpOp::Eq, AF_VSOCK)?]);
+    let ioctl_rules = DENIED_IOCTLS
+        .iter()
+        .map(|&request| rule(1, SeccompCmpOp::Eq, request))
+        .collect::<Result<Vec<_>, _>>()?;
+    insert_with_aliases(&mut rules, libc::SYS_ioctl, ioctl_rules);
     let deny = SeccompFilter::new(
         rules,
         SeccompAction::Allow,

@@ -6,6 +6,7 @@
 //! binds, and nothing is added by default except what [`RootFs::Host`] documents.
 
 use std::net::SocketAddrV4;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,31 @@ pub struct SandboxSpec {
     pub gid: u32,
     /// Size limit of the private `/tmp` tmpfs, in bytes.
     pub tmp_bytes: u64,
+    /// Host path where PID 1 listens for `bottle exec` (e.g. `<state>/<id>/exec.sock`;
+    /// mode 0600, bound before the pivot, so never visible inside). None: no exec.
+    pub exec_socket: Option<PathBuf>,
+}
+
+/// How the agent's stdin, stdout and stderr are wired. Not part of [`SandboxSpec`]:
+/// fds are not data, they travel beside the spec.
+#[derive(Debug)]
+pub enum AgentStdio {
+    /// The helper's own: stdin `/dev/null`; stdout and stderr `/dev/null`, or the pipes
+    /// of [`crate::LocalSandbox::capture_output`].
+    Null,
+    /// These three fds, e.g. the launcher's own stdin, stdout and stderr for a headless
+    /// `bottle run`. The agent still gets a session of its own (no controlling terminal).
+    Inherit {
+        /// The agent's stdin.
+        stdin: OwnedFd,
+        /// The agent's stdout.
+        stdout: OwnedFd,
+        /// The agent's stderr.
+        stderr: OwnedFd,
+    },
+    /// A pty slave the launcher allocated ([`bottle_proc::pty::openpty`]): the agent's
+    /// stdin, stdout, stderr and controlling terminal. The launcher keeps the master.
+    Pty(OwnedFd),
 }
 
 impl SandboxSpec {
@@ -99,6 +125,7 @@ impl SandboxSpec {
             uid: 0,
             gid: 0,
             tmp_bytes: 256 << 20,
+            exec_socket: None,
         }
     }
 

@@ -57,6 +57,8 @@ call('clone_newnet', 56, 0x40000000 | 17, 0, 0, 0, 0)
 fd = os.open('/proc/self/ns/net', os.O_RDONLY)
 call('setns', 308, fd, 0)
 call('mount', 165, 0, ptr, 0, 0, 0)
+call('pidfd_getfd', 438, 0, 0, 0)
+call('ioctl_tiocsti', 16, 0, 0x5412, ptr)
 call('io_uring_setup_x32', 425 | 0x40000000, 8, ptr)
 call('clone3', 435, ptr, 88)
 print('getppid', libc.getppid())
@@ -90,6 +92,8 @@ print('getppid', libc.getppid())
         "clone_newnet",
         "setns",
         "mount",
+        "pidfd_getfd",
+        "ioctl_tiocsti",
         "io_uring_setup_x32",
     ];
     let expected: Vec<(String, String)> =

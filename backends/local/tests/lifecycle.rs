@@ -4,7 +4,7 @@ mod common;
 use std::io::BufRead;
 use std::time::Duration;
 
-use bottle_proc::{ExitStatus, Pid};
+use bottle_proc::ExitStatus;
 
 #[tokio::test]
 async fn agent_crash_maps_to_128_plus_signal() {
@@ -53,30 +53,6 @@ async fn sigterm_to_the_sandbox_reaches_the_agent() {
     assert_eq!(status, ExitStatus::Exited(3));
 }
 
-/// Every descendant of `root` on the host, by walking ppid links in /proc.
-fn descendants(root: Pid) -> Vec<Pid> {
-    let mut family = vec![root];
-    loop {
-        let before = family.len();
-        for pid in bottle_proc::fd::list_pids() {
-            if let Some((_, ppid)) = bottle_proc::fd::state_and_ppid(pid)
-                && family.contains(&ppid)
-                && !family.contains(&pid)
-            {
-                family.push(pid);
-            }
-        }
-        if family.len() == before {
-            family.remove(0);
-            return family;
-        }
-    }
-}
-
-fn running(pid: Pid) -> bool {
-    matches!(bottle_proc::fd::state_and_ppid(pid), Some((state, _)) if state != 'Z')
-}
-
 #[tokio::test]
 async fn killing_the_helper_kills_everything_inside() {
     let reaper = common::reaper();
@@ -90,7 +66,7 @@ async fn killing_the_helper_kills_everything_inside() {
     std::io::BufReader::new(std::fs::File::from(stdout)).read_line(&mut first).expect("ready");
     assert_eq!(first, "ready\n");
     let helper = started.sandbox.pid;
-    let inside = descendants(helper);
+    let inside = common::descendants(helper);
     // PID 1, the agent's shell, the subshell and two sleeps.
     assert!(inside.len() >= 4, "{inside:?}");
     assert!(started.sandbox.signal(&reaper, libc::SIGKILL).expect("signal"));
@@ -99,12 +75,13 @@ async fn killing_the_helper_kills_everything_inside() {
         .expect("ends")
         .expect("status");
     assert_eq!(status, ExitStatus::Signaled { signal: libc::SIGKILL, core_dumped: false });
-    let all_gone =
-        common::wait_until(Duration::from_secs(10), || inside.iter().all(|&pid| !running(pid)))
-            .await;
+    let all_gone = common::wait_until(Duration::from_secs(10), || {
+        inside.iter().all(|&pid| !common::running(pid))
+    })
+    .await;
     assert!(
         all_gone,
         "left running: {:?}",
-        inside.iter().filter(|&&pid| running(pid)).collect::<Vec<_>>()
+        inside.iter().filter(|&&pid| common::running(pid)).collect::<Vec<_>>()
     );
 }

@@ -12,7 +12,7 @@
 //! status; as PID 1 of a PID namespace it also reaps orphans.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -65,8 +65,10 @@ where
         Ok(nix::unistd::ForkResult::Parent { child }) => {
             if let Some((read_end, write_end)) = death_pipe {
                 drop(read_end);
-                // Held open until this process exits: its EOF tells the child we died.
-                std::mem::forget(write_end);
+                // Held open until the child has set PDEATHSIG and checked the pipe (it
+                // then closes its read end, which poll reports here as POLLERR): had
+                // we died before, its check would have seen our end closed.
+                wait_for_no_readers(&write_end);
             }
             drop(value);
             Ok(child.as_raw())
@@ -79,6 +81,7 @@ where
                 {
                     exit_now(1);
                 }
+                drop(read_end);
             }
             let code = catch_unwind(AssertUnwindSafe(move || child(value))).unwrap_or(101);
             exit_now(code)
@@ -92,6 +95,19 @@ fn parent_gone(read_end: &OwnedFd) -> bool {
     // SAFETY: poll on one valid pollfd that lives on this stack, zero timeout.
     let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
     ready != 0 && fds[0].revents & (libc::POLLHUP | libc::POLLIN) != 0
+}
+
+/// Blocks until no process holds the read end of the pipe whose write end this is.
+fn wait_for_no_readers(write_end: &OwnedFd) {
+    loop {
+        // No events asked for: poll still reports POLLERR once the last reader is gone.
+        let mut fds = [libc::pollfd { fd: write_end.as_raw_fd(), events: 0, revents: 0 }];
+        // SAFETY: poll on one valid pollfd that lives on this stack.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) };
+        if ready > 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
 }
 
 fn exit_now(code: i32) -> ! {
@@ -108,34 +124,108 @@ pub fn block_all_signals() -> std::io::Result<()> {
     Ok(())
 }
 
+/// What a supervising process serves besides its main child: PID 1's exec socket and
+/// the connections of its clients. The supervise loop polls [`Served::watched`] together
+/// with the signals, and tells the server about every other child it reaps (the server
+/// forked some of them), so the loop stays the process's only waiter.
+pub trait Served {
+    /// The fds to wait on this round, for input or hangup.
+    fn watched(&self) -> Vec<RawFd>;
+    /// `fd`, one of [`Served::watched`], is readable or hung up.
+    fn ready(&mut self, fd: RawFd);
+    /// A child other than the main one was reaped (one the server forked, or an orphan).
+    fn reaped(&mut self, pid: Pid, status: ExitStatus);
+}
+
+/// Serves nothing: [`supervise_child`].
+struct NothingServed;
+
+impl Served for NothingServed {
+    fn watched(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    fn ready(&mut self, _fd: RawFd) {}
+    fn reaped(&mut self, _pid: Pid, _status: ExitStatus) {}
+}
+
 /// Waits for `child` (this process's one child that matters) and returns its status.
 /// Every signal that arrives meanwhile, except SIGCHLD, is forwarded to `child`; other
 /// children (orphans re-parented to a PID 1) are reaped and dropped. Expects
 /// [`block_all_signals`] to have been called. This is the process's only waiter.
 pub fn supervise_child(child: Pid) -> std::io::Result<ExitStatus> {
-    let all = SigSet::all();
-    let tick = libc::timespec { tv_sec: 1, tv_nsec: 0 };
+    supervise_serving(child, &mut NothingServed)
+}
+
+/// [`supervise_child`], also serving `served`: its fds are polled with the signals (a
+/// signalfd over the blocked set, so no handler runs and no wakeup is lost), and every
+/// child other than `child` that is reaped is reported to it. Returns once `child` is
+/// reaped; what `served` forked may still run (see [`kill_and_reap_the_rest`]).
+pub fn supervise_serving(child: Pid, served: &mut dyn Served) -> std::io::Result<ExitStatus> {
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let signals =
+        SignalFd::with_flags(&SigSet::all(), SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
     loop {
-        if let Some(status) = reap_until(child)? {
+        if let Some(status) = reap_until(child, served)? {
             return Ok(status);
         }
-        // SAFETY: sigtimedwait with a valid set and timeout on this stack; no siginfo out.
-        let signal = unsafe { libc::sigtimedwait(all.as_ref(), std::ptr::null_mut(), &tick) };
-        if signal > 0 && signal != libc::SIGCHLD {
-            crate::signal::kill_pid(child, signal);
+        let watched = served.watched();
+        let mut fds = Vec::with_capacity(watched.len() + 1);
+        fds.push(libc::pollfd { fd: signals.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        fds.extend(watched.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }));
+        // SAFETY: poll on a vector of pollfds we own; the length is the vector's. The
+        // 1 s timeout is only a safety net: SIGCHLD wakes us through the signalfd.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        if ready < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        if fds[0].revents != 0 {
+            while let Some(info) = signals.read_signal()? {
+                let signal = info.ssi_signo as i32;
+                if signal != libc::SIGCHLD {
+                    crate::signal::kill_pid(child, signal);
+                }
+            }
+        }
+        for pollfd in &fds[1..] {
+            if pollfd.revents != 0 {
+                served.ready(pollfd.fd);
+            }
         }
     }
 }
 
-/// Reaps every exited child without blocking; returns `child`'s status once it is among them.
-fn reap_until(child: Pid) -> std::io::Result<Option<ExitStatus>> {
+/// Reaps every exited child without blocking; returns `child`'s status once it is among
+/// them. The others go to `served`.
+fn reap_until(child: Pid, served: &mut dyn Served) -> std::io::Result<Option<ExitStatus>> {
+    loop {
+        match reap_one()? {
+            Reaped::Nothing => return Ok(None),
+            Reaped::Child(pid, status) if pid == child => return Ok(Some(status)),
+            Reaped::Child(pid, status) => served.reaped(pid, status),
+        }
+    }
+}
+
+enum Reaped {
+    /// No child has exited (or there are none).
+    Nothing,
+    /// This child ended with this status.
+    Child(Pid, ExitStatus),
+}
+
+/// One `waitpid(-1, WNOHANG)`: the single place this helper waits.
+fn reap_one() -> std::io::Result<Reaped> {
     loop {
         let mut raw = 0;
         #[allow(clippy::disallowed_methods)] // the one waiter of a single-threaded helper
         // SAFETY: waitpid with a valid out-pointer; WNOHANG never blocks.
         let pid = unsafe { libc::waitpid(-1, &mut raw, libc::WNOHANG) };
         if pid == 0 {
-            return Ok(None);
+            return Ok(Reaped::Nothing);
         }
         if pid < 0 {
             let err = std::io::Error::last_os_error();
@@ -144,12 +234,61 @@ fn reap_until(child: Pid) -> std::io::Result<Option<ExitStatus>> {
                 _ => Err(err),
             };
         }
-        if pid == child
-            && let Some(status) = ExitStatus::from_raw(raw)
-        {
-            return Ok(Some(status));
+        if let Some(status) = ExitStatus::from_raw(raw) {
+            return Ok(Reaped::Child(pid, status));
         }
     }
+}
+
+/// The last act of a PID 1 whose main child has ended: SIGKILL every other process of
+/// its PID namespace and reap them for up to `limit`, reporting each to `served` (so an
+/// exec client learns its command was killed). Returns how many were reaped.
+pub fn kill_and_reap_the_rest(served: &mut dyn Served, limit: std::time::Duration) -> usize {
+    let deadline = std::time::Instant::now() + limit;
+    let mut reaped = 0;
+    loop {
+        // Again each round: a process caught in fork before the first kill has a child now.
+        let signalled = crate::signal::signal_all_others(libc::SIGKILL);
+        while let Ok(Reaped::Child(pid, status)) = reap_one() {
+            reaped += 1;
+            served.reaped(pid, status);
+        }
+        if signalled == 0 || std::time::Instant::now() >= deadline {
+            return reaped;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Sends `signal` to the process group `pgid`. Only for a child this process has not
+/// reaped yet (its pid cannot have been recycled): the caller is its only waiter.
+pub fn signal_child_group(pgid: Pid, signal: i32) -> std::io::Result<()> {
+    crate::signal::kill_group(pgid, signal)
+}
+
+/// Makes `stdin`, `stdout` and `stderr` this process's fds 0, 1 and 2 (without the
+/// close-on-exec flag). Safe when a source already is one of 0-2: each is first copied
+/// above them, so no dup2 overwrites a source another still needs.
+pub fn install_stdio(stdio: [BorrowedFd<'_>; 3]) -> std::io::Result<()> {
+    let mut copies = Vec::with_capacity(3);
+    for fd in stdio {
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a valid fd we borrow returns a new fd we own.
+        let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+        if copy < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the fd was just created for us by fcntl.
+        copies.push(unsafe { OwnedFd::from_raw_fd(copy) });
+    }
+    for (target, copy) in copies.iter().enumerate() {
+        // SAFETY: dup2 onto 0, 1 or 2, which this process deliberately replaces; the
+        // OwnedFds that std holds for them (none: std's stdio are not OwnedFds) are
+        // unaffected, and the target loses close-on-exec as exec needs.
+        if unsafe { libc::dup2(copy.as_raw_fd(), target as RawFd) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Readies this process for `execve`: every signal disposition back to default, an

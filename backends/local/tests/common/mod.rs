@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bottle_local::{HelperCommand, LocalSandbox, SandboxSpec, Started, Workspace};
-use bottle_proc::{ExitStatus, Reaper};
+use bottle_proc::{ExitStatus, Pid, Reaper};
 
 /// The process's reaper, driven by a task that collects children every few ms.
 pub fn reaper() -> Reaper {
@@ -114,4 +114,70 @@ pub async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) ->
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     condition()
+}
+
+/// Every descendant of `root` on the host, by walking ppid links in /proc.
+pub fn descendants(root: Pid) -> Vec<Pid> {
+    let mut family = vec![root];
+    loop {
+        let before = family.len();
+        for pid in bottle_proc::fd::list_pids() {
+            if let Some((_, ppid)) = bottle_proc::fd::state_and_ppid(pid)
+                && family.contains(&ppid)
+                && !family.contains(&pid)
+            {
+                family.push(pid);
+            }
+        }
+        if family.len() == before {
+            family.remove(0);
+            return family;
+        }
+    }
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn running(pid: Pid) -> bool {
+    matches!(bottle_proc::fd::state_and_ppid(pid), Some((state, _)) if state != 'Z')
+}
+
+/// Reads `fd` on a thread of its own until EOF (or EIO: a pty master whose slave is
+/// closed everywhere), so a test can wait for text to appear.
+pub struct Collector {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Collector {
+    pub fn new(fd: OwnedFd) -> Collector {
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = text.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::from(fd);
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = file.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        Collector { text }
+    }
+
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// Waits until the text contains `needle`; returns all the text so far.
+    pub async fn wait_for(&self, needle: &str, limit: Duration) -> String {
+        let found = wait_until(limit, || self.text().contains(needle)).await;
+        let text = self.text();
+        assert!(found, "never saw {needle:?}; got {text:?}");
+        text
+    }
+}
+
+/// A pipe: (read end, write end), both close-on-exec.
+pub fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
 }
