@@ -13,7 +13,9 @@
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod exit;
 pub mod launch;
 pub mod manage;
 pub mod manifest;
+pub mod run;
 pub mod state;

@@ -245,6 +245,11 @@ impl Launch {
         Interrupt { tx: self.interrupt_tx.clone() }
     }
 
+    /// What steps see: whether the launch was interrupted.
+    pub fn context(&self) -> StepContext {
+        self.cx.clone()
+    }
+
     /// The names of the steps that ran so far, in order.
     pub fn steps(&self) -> Vec<&'static str> {
         self.done.iter().map(|d| d.name).collect()

@@ -294,7 +294,7 @@ pub fn install_stdio(stdio: [BorrowedFd<'_>; 3]) -> std::io::Result<()> {
 /// Readies this process for `execve`: every signal disposition back to default, an
 /// empty signal mask, every fd above stderr marked close-on-exec.
 pub fn prepare_exec() -> std::io::Result<()> {
-    crate::spawn::child_setup(None)
+    crate::spawn::child_setup(&[])
 }
 
 /// Replaces this process with `argv[0]` (looked up on the `PATH` in `env` if it has no

@@ -24,7 +24,7 @@ mod status;
 pub use error::{ForkError, ReaperError, SpawnError};
 pub use identity::ProcessIdentity;
 pub use reaper::{ReapSummary, Reaper};
-pub use spawn::{NotifyFd, SpawnSpec, SpawnedChild};
+pub use spawn::{InheritFd, MAX_INHERITED, NotifyFd, SpawnSpec, SpawnedChild};
 pub use status::ExitStatus;
 
 /// A process id as the kernel gives it. Also the process-group id of every child we

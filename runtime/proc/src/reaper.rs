@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
-use crate::spawn::{child_setup, notify_pair};
+use crate::spawn::{child_setup, placements};
 use crate::{ExitStatus, Pid, ReaperError, SpawnError, SpawnSpec, SpawnedChild};
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -79,7 +79,7 @@ impl Reaper {
     /// Spawns a child in its own process group, with exactly the environment given.
     #[allow(clippy::disallowed_methods)] // this is the one sanctioned spawn site
     pub fn spawn(&self, spec: SpawnSpec) -> Result<SpawnedChild, SpawnError> {
-        let SpawnSpec { argv, env, cwd, capture_output, notify_fd } = spec;
+        let SpawnSpec { argv, env, cwd, capture_output, notify_fd, inherit } = spec;
         let Some(program) = argv.first() else { return Err(SpawnError::EmptyArgv) };
         let program_path = std::path::PathBuf::from(program);
         let mut command = std::process::Command::new(program);
@@ -95,16 +95,20 @@ impl Reaper {
         } else {
             command.stdout(Stdio::null()).stderr(Stdio::null());
         }
-        let notify = notify_pair(&notify_fd);
-        // SAFETY: child_setup only makes async-signal-safe calls (see spawn.rs).
+        let placed = placements(&notify_fd, &inherit)
+            .map_err(|source| SpawnError::Other { program: program_path.clone(), source })?;
+        let highest = placed.iter().map(|&(_, target)| target).max();
+        let in_child = placed.clone();
+        // SAFETY: child_setup only makes async-signal-safe calls (see spawn.rs); the
+        // placements were computed (and allocated) before the fork.
         unsafe {
-            command.pre_exec(move || child_setup(notify));
+            command.pre_exec(move || child_setup(&in_child));
         }
         let (tx, rx) = oneshot::channel();
         // std's exec-error pipe takes the lowest free fds; if one landed on the readiness
         // fd's number, the child's dup2 would clobber it. Occupy every free number up to
         // the target (close-on-exec) for the duration of the spawn.
-        let _reserved = notify.map(|(_, target)| reserve_up_to(target)).unwrap_or_default();
+        let _reserved = highest.map(reserve_up_to).unwrap_or_default();
         let mut table = self.table();
         let mut child =
             command.spawn().map_err(|source| classify_spawn_error(program_path, source))?;
@@ -113,6 +117,7 @@ impl Reaper {
         drop(table);
         // Our copy of the readiness pipe's write end must close now, or EOF never comes.
         drop(notify_fd);
+        drop(inherit);
         let stdout = child.stdout.take().map(OwnedFd::from);
         let stderr = child.stderr.take().map(OwnedFd::from);
         // Dropping std's Child neither waits nor kills.

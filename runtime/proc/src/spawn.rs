@@ -36,7 +36,23 @@ pub struct SpawnSpec {
     pub capture_output: bool,
     /// Optional readiness pipe.
     pub notify_fd: Option<NotifyFd>,
+    /// Further descriptors the child inherits, each at its agreed number (for example
+    /// a listening socket and a pipe carrying secrets). Every other fd is closed on exec.
+    pub inherit: Vec<InheritFd>,
 }
+
+/// A descriptor the child finds at `target`.
+#[derive(Debug)]
+pub struct InheritFd {
+    /// Ours until exec; closed in this process once the child is spawned.
+    pub fd: OwnedFd,
+    /// The fd number in the child (3 or above).
+    pub target: RawFd,
+}
+
+/// At most this many descriptors are placed in a child (the placement runs between fork
+/// and exec, where nothing may allocate, so it works on a fixed array).
+pub const MAX_INHERITED: usize = 16;
 
 /// A running child. Its exit status arrives on `exit` from the reaper; nobody else waits.
 #[derive(Debug)]
@@ -55,7 +71,7 @@ pub struct SpawnedChild {
 compile_error!("child_setup's rt_sigaction layout is only written down for x86_64 and aarch64");
 
 /// Runs in the forked child before exec. Only async-signal-safe calls.
-pub(crate) fn child_setup(notify: Option<(RawFd, RawFd)>) -> std::io::Result<()> {
+pub(crate) fn child_setup(placements: &[(RawFd, RawFd)]) -> std::io::Result<()> {
     // SAFETY: rt_sigaction, sigemptyset, sigprocmask, dup2, fcntl and close_range are
     // async-signal-safe (signal-safety(7)); all pointers are to locals on this stack.
     unsafe {
@@ -88,35 +104,79 @@ pub(crate) fn child_setup(notify: Option<(RawFd, RawFd)>) -> std::io::Result<()>
         if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let mut keep = -1;
-        if let Some((source, target)) = notify {
-            if source == target {
-                // dup2 onto itself keeps CLOEXEC set; clear it by hand.
-                let flags = libc::fcntl(target, libc::F_GETFD);
-                libc::fcntl(target, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(source, target) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            keep = target;
-        }
         // Mark (not close) every fd above stderr close-on-exec: std's own exec-error
         // pipe is among them and must stay open until exec succeeds.
         const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-        let mark = |first: libc::c_uint, last: libc::c_uint| {
-            if first <= last {
-                libc::syscall(libc::SYS_close_range, first, last, CLOSE_RANGE_CLOEXEC);
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        );
+        // Two passes so no placement clobbers a source not yet placed: first copy every
+        // source above the highest target (close-on-exec copies), then dup2 each copy
+        // onto its target (dup2 clears close-on-exec on the target).
+        let above = placements.iter().map(|&(_, target)| target).max().unwrap_or(2) + 1;
+        let mut copies = [-1 as RawFd; MAX_INHERITED];
+        for (i, &(source, _)) in placements.iter().enumerate() {
+            copies[i] = libc::fcntl(source, libc::F_DUPFD_CLOEXEC, above);
+            if copies[i] < 0 {
+                return Err(std::io::Error::last_os_error());
             }
-        };
-        if keep >= 3 {
-            mark(3, (keep - 1) as libc::c_uint);
-            mark((keep + 1) as libc::c_uint, libc::c_uint::MAX);
-        } else {
-            mark(3, libc::c_uint::MAX);
+        }
+        for (i, &(_, target)) in placements.iter().enumerate() {
+            if libc::dup2(copies[i], target) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
     }
     Ok(())
 }
 
-pub(crate) fn notify_pair(notify: &Option<NotifyFd>) -> Option<(RawFd, RawFd)> {
-    notify.as_ref().map(|n| (n.write_end.as_raw_fd(), n.target))
+/// Every (our fd, child's fd) pair of a spec, readiness pipe first. Refuses targets
+/// below 3, duplicate targets and more than [`MAX_INHERITED`].
+pub(crate) fn placements(
+    notify: &Option<NotifyFd>,
+    inherit: &[InheritFd],
+) -> std::io::Result<Vec<(RawFd, RawFd)>> {
+    let pairs: Vec<(RawFd, RawFd)> = notify
+        .iter()
+        .map(|n| (n.write_end.as_raw_fd(), n.target))
+        .chain(inherit.iter().map(|i| (i.fd.as_raw_fd(), i.target)))
+        .collect();
+    let mut targets: Vec<RawFd> = pairs.iter().map(|&(_, t)| t).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    if pairs.len() > MAX_INHERITED
+        || targets.len() != pairs.len()
+        || targets.first().is_some_and(|&t| t < 3)
+    {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn placements_refuse_low_and_duplicate_targets() {
+        let low = [InheritFd { fd: fd(), target: 2 }];
+        assert_eq!(placements(&None, &low).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        let twice = [InheritFd { fd: fd(), target: 5 }, InheritFd { fd: fd(), target: 5 }];
+        assert_eq!(placements(&None, &twice).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        let notify = Some(NotifyFd { write_end: fd(), target: 4 });
+        let clash = [InheritFd { fd: fd(), target: 4 }];
+        assert!(placements(&notify, &clash).is_err(), "the readiness fd's number is taken");
+        let fine = [InheritFd { fd: fd(), target: 7 }];
+        assert_eq!(
+            placements(&notify, &fine).unwrap().iter().map(|p| p.1).collect::<Vec<_>>(),
+            [4, 7]
+        );
+    }
 }

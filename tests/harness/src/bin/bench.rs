@@ -160,6 +160,7 @@ async fn runtime_bench(iterations: usize) {
                 cwd: None,
                 capture_output: true,
                 notify_fd: None,
+                inherit: Vec::new(),
             })
             .expect("spawn")
     };

@@ -1,0 +1,307 @@
+//! `bottle run`: one bottle, from manifest to teardown, as launch steps.
+//!
+//! Hazard: every failure, interrupt or sidecar death at any point must end in the same
+//! place: what was made is undone in reverse order, the state record says how it ended,
+//! and the exit code tells the agent's own failure (its code) from the launcher's (125),
+//! an interrupt (130) and a usage error (2). The order of the steps is the one rule that
+//! keeps the agent from running unprotected: the agent is released only after the
+//! sidecar said its egress is up and the CA and placeholders exist.
+
+pub mod local;
+pub mod provision;
+pub mod sidecar;
+pub mod signals;
+pub mod tty;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use bottle_local::{AgentStdio, LocalSandbox, ReadOnlyBind, SandboxHandle, SandboxSpec, Workspace};
+use bottle_proc::{ExitStatus, Reaper};
+use bottle_protocol::secrets::{Secret, Secrets};
+
+use crate::exit::RunExit;
+use crate::launch::{Launch, LaunchError, LaunchFailure, Step, TeardownReport};
+use crate::manifest::ResolvedBottle;
+use crate::state::{Allocation, BackendKind, Phase, StateRoot};
+
+/// Reads a host variable by name.
+pub type HostSecret = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// Everything `bottle run` needs, resolved by `main`.
+pub struct RunRequest {
+    /// The bottle.
+    pub bottle: ResolvedBottle,
+    /// The agent's argv.
+    pub command: Vec<String>,
+    /// A host directory bound read-write at `/workspace`.
+    pub workspace: Option<PathBuf>,
+    /// Where bottles keep their state.
+    pub state: StateRoot,
+    /// The approval queue folder (`bottle approvals`).
+    pub approvals: PathBuf,
+    /// Where `bottle-init` and `bottle-sandbox` are.
+    pub libexec: Option<PathBuf>,
+    /// Reads a host variable a route's `token_ref` names (the only way a real token
+    /// enters the launch).
+    pub host_secret: Box<HostSecret>,
+    /// Extra upstream CA certificates (PEM) for the sidecar (the demo's fake API).
+    pub upstream_ca: Option<PathBuf>,
+    /// Called with each step's name as it starts (the progress display).
+    pub progress: Box<dyn Fn(&str) + Send + Sync>,
+    /// The host's `TERM`, when the agent gets a terminal.
+    pub term: Option<String>,
+}
+
+impl std::fmt::Debug for RunRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunRequest")
+            .field("bottle", &self.bottle.name)
+            .field("command", &self.command)
+            .field("workspace", &self.workspace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The bottle's id, once allocated.
+    pub id: Option<String>,
+    /// The exit code.
+    pub exit: RunExit,
+    /// Why the launch stopped, when it did not run the agent to its end.
+    pub cause: Option<LaunchError>,
+    /// What teardown did.
+    pub teardown: TeardownReport,
+}
+
+/// The sidecar's grace to stop, and the agent's.
+const GRACE: Duration = Duration::from_secs(10);
+/// Where agents reach egress inside the sandbox.
+const PROXY_INSIDE: &str = "http://127.0.0.1:9099";
+
+/// Runs a bottle on the local backend to the end.
+pub async fn run(request: RunRequest) -> RunOutcome {
+    let reaper = match bottle_runtime::process_reaper() {
+        Ok(reaper) => reaper,
+        Err(e) => {
+            return early_failure(LaunchError::step(
+                "start",
+                format!("cannot install the reaper: {e}"),
+            ));
+        }
+    };
+    let mut launch = match Launch::new(GRACE * 2).await {
+        Ok(launch) => launch,
+        Err(e) => return early_failure(e),
+    };
+    let (resized_tx, resized) = tokio::sync::watch::channel(0u64);
+    let signals = ractor::Actor::spawn(
+        None,
+        signals::LauncherSignals,
+        signals::SignalArgs {
+            reaper: reaper.clone(),
+            interrupt: launch.interrupt(),
+            resized: resized_tx,
+            interrupts: Arc::new(AtomicU32::new(0)),
+        },
+    )
+    .await;
+    let signals = match signals {
+        Ok((actor, _)) => actor,
+        Err(e) => {
+            return early_failure(LaunchError::step("start", format!("cannot handle signals: {e}")));
+        }
+    };
+    let mut allocation = None;
+    let result = launch_and_wait(&request, &reaper, &mut launch, &mut allocation, resized).await;
+    let (exit, cause) = match result {
+        Ok(status) => (RunExit::from_status(status), None),
+        Err(cause) => (exit_for(&cause), Some(cause)),
+    };
+    if let Some(a) = allocation.as_mut() {
+        let _ = a.update(|r| r.phase = Phase::Stopping);
+    }
+    let teardown = launch.teardown().await;
+    if let Some(a) = allocation.as_mut() {
+        let _ = a.update(|r| r.phase = Phase::Exited { code: i32::from(exit.code()) });
+    }
+    signals.stop(None);
+    RunOutcome { id: allocation.map(|a| a.record().id.clone()), exit, cause, teardown }
+}
+
+fn early_failure(cause: LaunchError) -> RunOutcome {
+    RunOutcome {
+        id: None,
+        exit: RunExit::LaunchFailed,
+        cause: Some(cause),
+        teardown: TeardownReport::default(),
+    }
+}
+
+fn exit_for(cause: &LaunchError) -> RunExit {
+    match cause {
+        LaunchError::Interrupted { .. } => RunExit::Interrupted,
+        LaunchError::Step { step, message } if *step == <local::StartAgent as Step>::NAME => {
+            if message.contains("not found") || message.contains("No such file") {
+                RunExit::NotFound
+            } else if message.contains("ermission denied") || message.contains("not executable") {
+                RunExit::CannotExecute
+            } else {
+                RunExit::LaunchFailed
+            }
+        }
+        _ => RunExit::LaunchFailed,
+    }
+}
+
+async fn launch_and_wait(
+    request: &RunRequest,
+    reaper: &Reaper,
+    launch: &mut Launch,
+    allocation: &mut Option<Allocation>,
+    resized: tokio::sync::watch::Receiver<u64>,
+) -> Result<ExitStatus, LaunchError> {
+    let secrets = resolve_secrets(&request.bottle, &*request.host_secret)?;
+    let progress = &request.progress;
+    progress("allocate");
+    let alloc = request
+        .state
+        .allocate(&request.bottle.name, BackendKind::Local)
+        .map_err(|e| LaunchError::step("allocate", bottle_runtime::error_chain(&e)))?;
+    let dir = alloc.dir().to_path_buf();
+    let id = alloc.record().id.clone();
+    let certs = provision::prepare_certs_dir(&dir)
+        .map_err(|e| LaunchError::step("allocate", e.to_string()))?;
+    *allocation = Some(alloc);
+    let terminal = tty::Terminal::detect();
+    let (stdio, pty) = tty::agent_stdio(&terminal).map_err(|e| LaunchError::step("allocate", e))?;
+    let spec = sandbox_spec(request, &id, &dir, &certs);
+    let helper = LocalSandbox::new(bottle_local::HelperCommand::binary(local::companion(
+        "bottle-sandbox",
+        request.libexec.clone(),
+    )));
+    progress(<local::PrepareSandbox as Step>::NAME);
+    let prepared = launch
+        .step(
+            local::PrepareSandbox::new(helper, reaper.clone()),
+            local::SandboxRequest { spec, stdio },
+        )
+        .await?;
+    let alloc = allocation.as_mut().expect("allocated above");
+    let _ = alloc.update(|r| r.agent = prepared.identity);
+    // Every resource this launch allocates exists now: let other launches allocate.
+    alloc.release_lock();
+    progress(<sidecar::StartSidecar as Step>::NAME);
+    let plan = sidecar::SidecarPlan {
+        bottle_id: id.clone(),
+        state_dir: dir.clone(),
+        init_program: local::companion("bottle-init", request.libexec.clone()),
+        routes_text: request.bottle.routes_file_text(),
+        secrets,
+        egress: prepared.egress,
+        upstream_ca: request.upstream_ca.clone(),
+        approvals: request.approvals.clone(),
+    };
+    let running = launch.step(sidecar::StartSidecar::new(reaper.clone(), GRACE), plan).await?;
+    let _ = alloc.update(|r| r.sidecar = running.identity);
+    progress(<sidecar::WaitReady as Step>::NAME);
+    let ready = launch
+        .step(sidecar::WaitReady { deadline: Duration::from_secs(30) }, running.clone())
+        .await?;
+    provision::write_trust(&certs, &ready.ca_pem, Path::new("/etc/ssl/certs/ca-certificates.crt"))
+        .map_err(|e| LaunchError::step("provision", e.to_string()))?;
+    let extra_env = provision::ready_env(PROXY_INSIDE, &ready.placeholders);
+    progress(<local::StartAgent as Step>::NAME);
+    let agent = launch
+        .step(
+            local::StartAgent::new(reaper.clone(), GRACE),
+            local::Release { held: prepared.held, extra_env },
+        )
+        .await?;
+    let _ = alloc.update(|r| r.phase = Phase::Running);
+    let _copy = pty.map(|master| tty::attach(master, &terminal, resized));
+    wait_for_agent(agent, &running, launch).await
+}
+
+/// Waits for the agent to exit, the sidecar to die, or an interrupt.
+async fn wait_for_agent(
+    agent: SandboxHandle,
+    sidecar: &sidecar::Sidecar,
+    launch: &Launch,
+) -> Result<ExitStatus, LaunchError> {
+    let interrupted = launch.context();
+    tokio::select! {
+        status = agent.wait() => status.map_err(|e| LaunchError::step("run the agent", bottle_runtime::error_chain(&e))),
+        status = sidecar.wait() => Err(LaunchError::step(
+            "run the agent",
+            format!("the sidecar died under the agent ({status:?}); see {}", sidecar.paths.log.display()),
+        )),
+        () = interrupted.interrupted() => Err(LaunchError::Interrupted { step: "run the agent" }),
+    }
+}
+
+/// The real values of every token the routes name, read from the host.
+fn resolve_secrets(
+    bottle: &ResolvedBottle,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secrets, LaunchError> {
+    let mut secrets = Secrets::new();
+    for route in &bottle.routes {
+        let Some(auth) = &route.auth else { continue };
+        let name = &auth.token_ref;
+        match lookup(name) {
+            Some(value) if !value.is_empty() => secrets.insert(name.clone(), Secret::new(value)),
+            _ => {
+                return Err(LaunchError::step(
+                    "resolve secrets",
+                    format!(
+                        "route {:?} injects ${name}, which is not set in this environment",
+                        route.host
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(secrets)
+}
+
+fn sandbox_spec(request: &RunRequest, id: &str, dir: &Path, certs: &Path) -> SandboxSpec {
+    let mut spec = SandboxSpec::new(request.command.clone());
+    let manifest_env: Vec<(String, String)> =
+        request.bottle.env.iter().map(|(k, v)| (k.clone(), v.expose().to_string())).collect();
+    spec.env = provision::base_env(&manifest_env, request.term.clone(), "/tmp");
+    spec.workspace = request
+        .workspace
+        .as_ref()
+        .map(|source| Workspace { source: source.clone(), target: PathBuf::from("/workspace") });
+    spec.read_only.push(ReadOnlyBind {
+        source: certs.to_path_buf(),
+        target: PathBuf::from(provision::CERTS_DIR_INSIDE),
+    });
+    spec.hostname = id.chars().take(63).collect();
+    spec.exec_socket = Some(dir.join("exec.sock"));
+    spec
+}
+
+/// What a failed launch says, for `main` to print.
+pub fn describe_failure(failure: &LaunchFailure) -> String {
+    let mut text = failure.cause.to_string();
+    for err in &failure.teardown.errors {
+        text.push_str(&format!("\nteardown: {err}"));
+    }
+    text
+}
+
+/// The stdio a headless agent gets: the launcher's own.
+pub fn inherited_stdio() -> std::io::Result<AgentStdio> {
+    use std::os::fd::AsFd;
+    Ok(AgentStdio::Inherit {
+        stdin: std::io::stdin().as_fd().try_clone_to_owned()?,
+        stdout: std::io::stdout().as_fd().try_clone_to_owned()?,
+        stderr: std::io::stderr().as_fd().try_clone_to_owned()?,
+    })
+}
