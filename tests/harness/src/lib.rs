@@ -236,6 +236,15 @@ pub mod external {
         }
     }
 
+    /// Sends `signal` to `pid`, a process this test drives from outside: its own unwaited
+    /// child (whose pid cannot be recycled yet), a process inside a namespace or container
+    /// it created, or the test process itself. Panics when delivery fails.
+    pub fn signal(pid: i32, signal: i32) {
+        bottle_proc::signal::send_unsupervised(pid, signal).unwrap_or_else(|err| {
+            panic!("sending {} to {pid}: {err}", bottle_proc::signal::name(signal))
+        });
+    }
+
     /// Polls `cond` every 5 ms until it holds or `timeout` passes (blocking).
     pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + timeout;

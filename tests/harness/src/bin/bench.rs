@@ -145,8 +145,7 @@ async fn runtime_bench(iterations: usize) {
         let pid = current_pid(&recorder, "root/proc");
         let t0 = Instant::now();
         // SIGKILL straight to the child, as an outside killer would.
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
-            .expect("kill");
+        assert!(reaper.signal_group(pid, libc::SIGKILL).expect("kill"), "{pid} is supervised");
         let at = wait_started(&recorder, "root/proc", t0).await;
         supervised.push(at - t0);
     }
@@ -278,10 +277,7 @@ mod init_bench {
 
     impl Drop for Running {
         fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            let _ = bottle_proc::signal::send_unsupervised(self.0.id() as i32, libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.0.try_wait() {
@@ -415,10 +411,7 @@ mod init_bench {
             // The exact command line: other daemons of the same program must not count.
             let exact = cmdline(old);
             let t0 = Instant::now();
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(old),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = bottle_proc::signal::send_unsupervised(old, libc::SIGKILL);
             let ok = wait_for(Duration::from_secs(10), || {
                 fast_children(supervisor).into_iter().any(|p| p != old && cmdline(p) == exact)
             });
@@ -518,10 +511,7 @@ mod init_bench {
             });
             let samples =
                 restart_latency(sh.0.id(), "sleep 600", iterations, Duration::from_millis(300));
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(-(sh.0.id() as i32)),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = bottle_proc::signal::send_unsupervised(-(sh.0.id() as i32), libc::SIGKILL);
             drop(sh);
             samples
         };
