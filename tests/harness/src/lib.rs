@@ -3,6 +3,7 @@
 //!
 //! Every test that touches signals or the reaper runs in its own process (nextest runs
 //! each test in a separate process: signals and the reaper are process-wide).
+#![forbid(unsafe_code)]
 
 pub mod egress;
 pub mod worker;
