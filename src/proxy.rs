@@ -53,7 +53,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let table = load(&args.routes)?;
     let ca = CertificateAuthority::mint(CaConfig {
         lifetime: Duration::from_secs(args.ca_days.max(1) * 24 * 3600),
-        permitted: Some(table.bumped_hosts()),
+        permitted: table.bumped_hosts(),
         ..CaConfig::default()
     })?;
     let ca = Arc::new(ca);

@@ -63,7 +63,7 @@ impl FakeApi {
     /// Starts the server. `token` is the value a request must carry to be authorized.
     pub async fn start(token: Secret) -> Result<FakeApi, FakeApiError> {
         let ca = CertificateAuthority::mint(CaConfig {
-            permitted: Some(vec![HOST.to_string()]),
+            permitted: vec![HOST.to_string()],
             common_name: "bottle demo API CA".into(),
             ..CaConfig::default()
         })

@@ -46,9 +46,10 @@ pub struct CaConfig {
     pub lifetime: Duration,
     /// Leaf validity from now. Default 24 h.
     pub leaf_lifetime: Duration,
-    /// Hosts (DNS names or IP addresses) the CA may issue for; `None` leaves the CA
-    /// unconstrained. An empty list permits only `invalid` (nothing real).
-    pub permitted: Option<Vec<String>>,
+    /// Hosts (DNS names or IP addresses) the CA may issue for, and their subdomains. An
+    /// empty list permits only `invalid` (nothing real). There is no unconstrained CA, in
+    /// tests either: a test that needs many names permits a parent domain.
+    pub permitted: Vec<String>,
     /// Leaves kept in the cache.
     pub cache_capacity: usize,
     /// Shown in the certificate subject.
@@ -60,7 +61,7 @@ impl Default for CaConfig {
         CaConfig {
             lifetime: Duration::from_secs(7 * 24 * 3600),
             leaf_lifetime: Duration::from_secs(24 * 3600),
-            permitted: Some(Vec::new()),
+            permitted: Vec::new(),
             cache_capacity: 1024,
             common_name: "bottle per-bottle CA".into(),
         }
@@ -81,7 +82,7 @@ pub struct CertificateAuthority {
     cert_pem: String,
     fingerprint: String,
     config: CaConfig,
-    permitted: Option<Vec<Permit>>,
+    permitted: Vec<Permit>,
     cache: Mutex<HashMap<String, CachedLeaf>>,
     inflight: Mutex<HashMap<String, Inflight>>,
     tick: AtomicU64,
@@ -130,6 +131,32 @@ impl Permit {
     }
 }
 
+/// The X.509 name constraints of a CA that may sign only for `permits`.
+fn name_constraints(permits: &[Permit]) -> NameConstraints {
+    let mut subtrees: Vec<GeneralSubtree> = permits
+        .iter()
+        .map(|p| match p {
+            Permit::Dns(name) => GeneralSubtree::DnsName(name.clone()),
+            Permit::Ip(ip) => {
+                CidrSubnet::from_addr_prefix(*ip, if ip.is_ipv4() { 32 } else { 128 })
+                    .into_subtree()
+            }
+        })
+        .collect();
+    // A constraint binds only its own name type (RFC 5280): close the other type
+    // explicitly, or a DNS-only CA could still sign for any IP and vice versa.
+    if !permits.iter().any(|p| matches!(p, Permit::Dns(_))) {
+        // RFC 2606: `invalid` never resolves.
+        subtrees.push(GeneralSubtree::DnsName("invalid".into()));
+    }
+    let mut excluded = Vec::new();
+    if !permits.iter().any(|p| matches!(p, Permit::Ip(_))) {
+        excluded.push(GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([0, 0, 0, 0], 0)));
+        excluded.push(GeneralSubtree::IpAddress(CidrSubnet::from_v6_prefix([0; 16], 0)));
+    }
+    NameConstraints { permitted_subtrees: subtrees, excluded_subtrees: excluded }
+}
+
 fn offset(from_now: Duration, back: bool) -> time::OffsetDateTime {
     let now = time::OffsetDateTime::now_utc();
     let d = time::Duration::try_from(from_now).unwrap_or(time::Duration::ZERO);
@@ -139,12 +166,8 @@ fn offset(from_now: Duration, back: bool) -> time::OffsetDateTime {
 impl CertificateAuthority {
     /// Mints a fresh CA.
     pub fn mint(config: CaConfig) -> Result<CertificateAuthority, CaError> {
-        let permitted = match &config.permitted {
-            None => None,
-            Some(hosts) => {
-                Some(hosts.iter().map(|h| Permit::parse(h)).collect::<Result<Vec<_>, _>>()?)
-            }
-        };
+        let permitted =
+            config.permitted.iter().map(|h| Permit::parse(h)).collect::<Result<Vec<_>, _>>()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, config.common_name.clone());
@@ -158,32 +181,7 @@ impl CertificateAuthority {
         ];
         params.not_before = offset(Duration::from_secs(3600), true);
         params.not_after = offset(config.lifetime, false);
-        if let Some(permits) = &permitted {
-            let mut subtrees: Vec<GeneralSubtree> = permits
-                .iter()
-                .map(|p| match p {
-                    Permit::Dns(name) => GeneralSubtree::DnsName(name.clone()),
-                    Permit::Ip(ip) => {
-                        CidrSubnet::from_addr_prefix(*ip, if ip.is_ipv4() { 32 } else { 128 })
-                            .into_subtree()
-                    }
-                })
-                .collect();
-            // A constraint binds only its own name type (RFC 5280): close the other type
-            // explicitly, or a DNS-only CA could still sign for any IP and vice versa.
-            if !permits.iter().any(|p| matches!(p, Permit::Dns(_))) {
-                // RFC 2606: `invalid` never resolves.
-                subtrees.push(GeneralSubtree::DnsName("invalid".into()));
-            }
-            let mut excluded = Vec::new();
-            if !permits.iter().any(|p| matches!(p, Permit::Ip(_))) {
-                excluded
-                    .push(GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([0, 0, 0, 0], 0)));
-                excluded.push(GeneralSubtree::IpAddress(CidrSubnet::from_v6_prefix([0; 16], 0)));
-            }
-            params.name_constraints =
-                Some(NameConstraints { permitted_subtrees: subtrees, excluded_subtrees: excluded });
-        }
+        params.name_constraints = Some(name_constraints(&permitted));
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
         let issuer = CertifiedIssuer::self_signed(params, key).map_err(generate)?;
         let cert_pem = issuer.pem();
@@ -231,7 +229,7 @@ impl CertificateAuthority {
     /// Whether a leaf for `host` would be inside the name constraints.
     pub fn permits(&self, host: &str) -> bool {
         let Ok(permit) = Permit::parse(host) else { return false };
-        self.permitted.as_ref().is_none_or(|p| p.iter().any(|c| c.covers(&permit)))
+        self.permitted.iter().any(|c| c.covers(&permit))
     }
 
     /// The leaf for `host`, from the cache or freshly minted. Concurrent first calls

@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 fn ca(permitted: &[&str]) -> Arc<CertificateAuthority> {
     let config = CaConfig {
-        permitted: Some(permitted.iter().map(|s| s.to_string()).collect()),
+        permitted: permitted.iter().map(|s| s.to_string()).collect(),
         ..CaConfig::default()
     };
     Arc::new(CertificateAuthority::mint(config).unwrap())
@@ -161,7 +161,8 @@ fn the_ca_is_p256_pathlen_0_short_lived_and_fresh_each_time() {
 #[test]
 fn concurrent_first_requests_for_one_host_mint_once_and_the_cache_is_bounded() {
     let config = CaConfig {
-        permitted: None,
+        // Every host below is under `example`.
+        permitted: vec!["example".into()],
         cache_capacity: 4,
         leaf_lifetime: Duration::from_secs(3600),
         ..CaConfig::default()
@@ -223,7 +224,7 @@ async fn a_bumped_handshake_presents_a_leaf_for_the_sni_chained_to_the_ca() {
 #[tokio::test]
 async fn the_ca_actor_mints_at_start_and_hands_out_the_shared_authority() {
     use bottle_ca::{CaActor, CaArgs, CaMsg};
-    let config = CaConfig { permitted: Some(vec!["a.example".into()]), ..CaConfig::default() };
+    let config = CaConfig { permitted: vec!["a.example".into()], ..CaConfig::default() };
     let (actor, handle) = ractor::Actor::spawn(None, CaActor, CaArgs { config }).await.unwrap();
     let status = ractor::call_t!(actor, CaMsg::Status, 1000).unwrap();
     assert_eq!(status.minted, 0);

@@ -128,7 +128,7 @@ impl Actor for EgressActor {
         // in its pre_start and dies with the proxy.
         let config = CaConfig {
             lifetime: Duration::from_secs(settings.ca_days.max(1) * 24 * 3600),
-            permitted: Some(table.bumped_hosts()),
+            permitted: table.bumped_hosts(),
             ..CaConfig::default()
         };
         let (ca_actor, _) =

@@ -270,8 +270,8 @@ pub struct GitSpec {
     pub fetch: bool,
 }
 
-/// A compiled route.
-#[derive(Debug, Clone)]
+/// A compiled route. Its `Debug` shows whether it has a token, never the token.
+#[derive(Clone)]
 pub struct Route {
     /// As written.
     pub spec: RouteSpec,
@@ -285,6 +285,18 @@ pub struct Route {
     token: Option<String>,
     /// The DLP policy, defaults filled in.
     dlp: RouteDlp,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token's name is in `spec.auth.token_ref`; its value never leaves the proxy.
+        f.debug_struct("Route")
+            .field("host", &self.host)
+            .field("spec", &self.spec)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("dlp", &self.dlp)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The live table.
@@ -597,6 +609,18 @@ mod tests {
 
     fn table(text: &str) -> Result<RouteTable, RoutesError> {
         RouteTable::parse(text, &env)
+    }
+
+    #[test]
+    fn debug_of_a_route_or_table_names_the_token_never_its_value() {
+        let t = table(
+            "routes:\n  - host: api.github.com\n    auth: {scheme: token, token_ref: GH_TOKEN}\n",
+        )
+        .unwrap();
+        for shown in [format!("{:?}", t.get("api.github.com").unwrap()), format!("{t:?}")] {
+            assert!(!shown.contains("ghp_realsecretvalue"), "{shown}");
+            assert!(shown.contains("GH_TOKEN") && shown.contains("<redacted>"), "{shown}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! --example profile -- FILE [ROUNDS]` (for perf; the benchmark proper is bottle-bench).
 use bottle_pipelock::{Detectors, Pipelock};
 
+#[allow(clippy::print_stdout)] // the throughput is this example's output
 fn main() {
     let mut args = std::env::args().skip(1);
     let path = args.next().unwrap_or_else(|| "/usr/share/common-licenses/GPL-3".into());

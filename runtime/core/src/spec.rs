@@ -82,8 +82,8 @@ impl Readiness {
     }
 }
 
-/// An external program to supervise.
-#[derive(Clone, Debug, PartialEq)]
+/// An external program to supervise. Its `Debug` lists environment names, never values.
+#[derive(Clone, PartialEq)]
 pub struct ProcessSpec {
     /// argv, never run through a shell.
     pub argv: Vec<OsString>,
@@ -93,6 +93,19 @@ pub struct ProcessSpec {
     pub cwd: Option<PathBuf>,
     /// Readiness check.
     pub readiness: Readiness,
+}
+
+impl std::fmt::Debug for ProcessSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: a value can be a secret handed to this one child.
+        let env_names: Vec<&OsString> = self.env.iter().map(|(name, _)| name).collect();
+        f.debug_struct("ProcessSpec")
+            .field("argv", &self.argv)
+            .field("env", &env_names)
+            .field("cwd", &self.cwd)
+            .field("readiness", &self.readiness)
+            .finish()
+    }
 }
 
 impl ProcessSpec {
@@ -326,6 +339,17 @@ mod tests {
 
     fn proc_child(name: &str, argv: &[&str]) -> ChildSpec {
         ChildSpec::new(name, ChildStart::Process(ProcessSpec::new(argv.iter().copied())))
+    }
+
+    #[test]
+    fn debug_of_a_process_spec_names_env_variables_never_their_values() {
+        let mut spec = ProcessSpec::new(["daemon"]);
+        spec.env.push(("GH_TOKEN".into(), "ghp_realsecretvalue".into()));
+        let child = ChildSpec::new("d", ChildStart::Process(spec.clone()));
+        for shown in [format!("{spec:?}"), format!("{child:?}"), format!("{spec:#?}")] {
+            assert!(!shown.contains("ghp_realsecretvalue"), "{shown}");
+            assert!(shown.contains("GH_TOKEN") && shown.contains("daemon"), "{shown}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Hazard: a process has exactly one right to collect each child's exit status.
 //! A second waiter (`tokio::process`, `Command::status`, a stray `waitpid(-1)`) steals
-//! statuses from the first and turns a crash into `ECHILD` (spec/crates.md, section 3).
+//! statuses from the first and turns a crash into `ECHILD` (docs/runtime-semantics.md, "Reaping").
 //! So every child of a bottle process is spawned through [`Reaper::spawn`] and its status
 //! arrives from the one [`Reaper`], which is also the only caller of `waitpid`.
 //! This is also the only crate allowed `unsafe`: the `pre_exec` hook and a few syscalls.

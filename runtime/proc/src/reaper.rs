@@ -6,8 +6,14 @@
 //! `waitpid(-1)` would turn into a panic. So the table lock is held across the whole of
 //! `spawn` (fork, exec, the exec-error read, std's internal wait) and across every
 //! `waitpid(-1, WNOHANG)` call. Orphans re-parented to us (as PID 1, or as a child
-//! subreaper) are reaped and counted; their statuses go nowhere. When a supervised
-//! child is reaped, what is left of its process group is SIGKILLed.
+//! subreaper) are reaped and counted; their statuses go nowhere.
+//!
+//! When a supervised child exits, what is left of its process group is SIGKILLed, and a
+//! group is only ever signalled while its leader is unreaped: a pid (so a pgid) can be
+//! recycled the moment its zombie is collected, and any process (not only ours, which
+//! the table lock holds back) may fork, take that pid and `setsid`. So the reaper first
+//! peeks at the exited child (`waitid(WNOWAIT)` leaves the zombie in place, pinning its
+//! pid), SIGKILLs the group, and only then collects that one pid.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -131,25 +137,18 @@ impl Reaper {
         let mut summary = ReapSummary::default();
         loop {
             let mut table = self.table();
-            let mut raw = 0;
-            #[allow(clippy::disallowed_methods)] // the one sanctioned waiter
-            // SAFETY: waitpid with a valid out-pointer; WNOHANG never blocks.
-            let pid = unsafe { libc::waitpid(-1, &mut raw, libc::WNOHANG) };
-            if pid <= 0 {
-                // 0: children exist but none has exited; -1: ECHILD (none at all) or EINTR.
-                if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return summary;
+            let Some(pid) = peek_exited() else { return summary };
+            if table.waiting.contains_key(&pid) {
+                // The leader is a zombie, so its pgid is still its own. Whatever it left
+                // in its group goes with it (systemd's control-group kill), so no helper
+                // outlives its daemon into the next restart.
+                let _ = crate::signal::kill_group(pid, libc::SIGKILL);
             }
+            let Some(raw) = collect(pid) else { return summary };
             let Some(status) = ExitStatus::from_raw(raw) else { continue };
             match table.waiting.remove(&pid) {
                 Some(sender) => {
                     summary.supervised += 1;
-                    // The leader is gone; whatever it left in its process group goes with
-                    // it (systemd's control-group kill), so no helper outlives its daemon
-                    // into the next restart. Its pgid cannot be reused while members live.
-                    let _ = crate::signal::kill_group(pid, libc::SIGKILL);
                     if let Some(sender) = sender {
                         // The receiver may be gone (its actor was killed): that is fine.
                         let _ = sender.send(status);
@@ -204,6 +203,52 @@ impl Reaper {
     }
 }
 
+/// The pid of a child that has exited, left unreaped (`WNOWAIT`): its zombie keeps the pid
+/// and pgid from being recycled. `None` when no child has exited (or we have none).
+/// Call with the table lock held.
+#[allow(clippy::disallowed_methods)] // the one sanctioned waiter
+fn peek_exited() -> Option<Pid> {
+    loop {
+        // SAFETY: siginfo_t is plain data; all zeroes is a valid value, and si_pid must
+        // read 0 when WNOHANG finds nothing (waitid(2) leaves it untouched then).
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid with a valid out-pointer; WNOHANG never blocks, WNOWAIT reaps nothing.
+        let rc = unsafe {
+            libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+        };
+        if rc < 0 {
+            // ECHILD: no children at all. EINTR: try again.
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return None;
+        }
+        // SAFETY: waitid filled `info` for a child event (or left the zeroes).
+        let pid = unsafe { info.si_pid() };
+        return (pid > 0).then_some(pid);
+    }
+}
+
+/// Collects the exited child `pid` (seen by [`peek_exited`]) and returns its raw status.
+/// Call with the table lock held.
+#[allow(clippy::disallowed_methods)] // the one sanctioned waiter
+fn collect(pid: Pid) -> Option<i32> {
+    loop {
+        let mut raw = 0;
+        // SAFETY: waitpid with a valid out-pointer; WNOHANG never blocks.
+        let rc = unsafe { libc::waitpid(pid, &mut raw, libc::WNOHANG) };
+        if rc == pid {
+            return Some(raw);
+        }
+        if rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        // Nobody else waits, so this does not happen; stop the drain rather than spin.
+        tracing::error!(pid, rc, "A child seen exiting could not be collected.");
+        return None;
+    }
+}
+
 /// Opens /dev/null until the lowest free fd number is above `target`.
 fn reserve_up_to(target: std::os::fd::RawFd) -> Vec<std::fs::File> {
     use std::os::fd::AsRawFd;
@@ -225,5 +270,79 @@ fn classify_spawn_error(program: std::path::PathBuf, source: std::io::Error) -> 
             SpawnError::NotExecutable { program, source }
         }
         _ => SpawnError::Other { program, source },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Polls `cond` until it holds; panics after 10 s.
+    fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Whether `pid` is gone or a zombie (dead, not yet collected by its new parent).
+    fn dead(pid: Pid) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => {
+                stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            }
+        }
+    }
+
+    /// The only test in this crate that installs a reaper: under `cargo test` the unit
+    /// tests share a process (nextest gives each its own), and a second install fails.
+    #[test]
+    fn a_second_install_is_refused_and_the_first_kills_what_a_leader_left_in_its_group() {
+        let first = Reaper::install(false).expect("the first reaper installs");
+        let second = Reaper::install(false).expect_err("a second reaper must be refused");
+        assert!(matches!(second, ReaperError::AlreadyInstalled), "{second:?}");
+        assert!(second.to_string().contains("exactly one may wait on children"), "{second}");
+
+        // The leader prints its background helper's pid and exits 7; the helper is in
+        // the leader's group and must die with it.
+        let script = "sleep 60 & echo $!; exit 7";
+        let child = first
+            .spawn(SpawnSpec {
+                argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+                capture_output: true,
+                ..SpawnSpec::default()
+            })
+            .expect("spawn");
+        let mut line = String::new();
+        let stdout = std::fs::File::from(child.stdout.expect("captured stdout"));
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("read the helper's pid");
+        let helper: Pid = line.trim().parse().expect("a pid");
+        let mut exit = child.exit;
+        let mut status = None;
+        until("the leader's status", || {
+            first.reap();
+            status = exit.try_recv().ok();
+            status.is_some()
+        });
+        assert_eq!(status, Some(ExitStatus::Exited(7)));
+        assert!(first.live_children().is_empty());
+        until("the helper left in the leader's group to die", || dead(helper));
+    }
+    #[test]
+    fn debug_of_a_spawn_spec_names_env_variables_never_their_values() {
+        let spec = SpawnSpec {
+            argv: vec!["daemon".into()],
+            env: vec![("GH_TOKEN".into(), "ghp_realsecretvalue".into())],
+            ..SpawnSpec::default()
+        };
+        let shown = format!("{spec:?}");
+        assert!(!shown.contains("ghp_realsecretvalue"), "{shown}");
+        assert!(shown.contains("GH_TOKEN") && shown.contains("daemon"), "{shown}");
     }
 }

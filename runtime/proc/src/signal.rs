@@ -40,6 +40,29 @@ pub(crate) fn kill_group(pgid: Pid, signal: i32) -> std::io::Result<()> {
     if err.raw_os_error() == Some(libc::ESRCH) { Ok(()) } else { Err(err) }
 }
 
+/// Sends `signal` to a process (or, with a negative `pid`, a process group) that no
+/// [`crate::Reaper`] of ours supervises: a test driver's own `std::process::Child` it has
+/// not waited for yet, a process inside a PID namespace the caller created, or this
+/// process itself.
+///
+/// Hazard: nothing here protects against a recycled pid. The caller must know `pid` is
+/// still the process it means (an unwaited child's pid cannot be reused; a reaped one
+/// can). Supervised children go through [`crate::Reaper::signal_group`] instead, which
+/// checks under the table lock. `pid` 0, 1, -1 and the group of init are refused (`EINVAL`):
+/// they address our own group, init, or every process.
+pub fn send_unsupervised(pid: Pid, signal: i32) -> std::io::Result<()> {
+    if pid.unsigned_abs() <= 1 {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions; |pid| > 1 addresses one process
+    // or one group, never everyone.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Sends `signal` to one process; false if it is gone.
 pub(crate) fn kill_pid(pid: Pid, signal: i32) -> bool {
     // SAFETY: kill(2) has no memory-safety preconditions; pid > 1 addresses one process.

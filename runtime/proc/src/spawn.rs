@@ -24,7 +24,8 @@ pub struct NotifyFd {
 }
 
 /// A fully explicit description of a child: nothing is inherited unless listed here.
-#[derive(Debug, Default)]
+/// Its `Debug` lists environment names, never values (they can be secrets).
+#[derive(Default)]
 pub struct SpawnSpec {
     /// argv; `argv[0]` is the program, looked up on the `PATH` given in `env` if it has no slash.
     pub argv: Vec<OsString>,
@@ -53,6 +54,20 @@ pub struct InheritFd {
 /// At most this many descriptors are placed in a child (the placement runs between fork
 /// and exec, where nothing may allocate, so it works on a fixed array).
 pub const MAX_INHERITED: usize = 16;
+
+impl std::fmt::Debug for SpawnSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env_names: Vec<&OsString> = self.env.iter().map(|(name, _)| name).collect();
+        f.debug_struct("SpawnSpec")
+            .field("argv", &self.argv)
+            .field("env", &env_names)
+            .field("cwd", &self.cwd)
+            .field("capture_output", &self.capture_output)
+            .field("notify_fd", &self.notify_fd)
+            .field("inherit", &self.inherit)
+            .finish()
+    }
+}
 
 /// A running child. Its exit status arrives on `exit` from the reaper; nobody else waits.
 #[derive(Debug)]

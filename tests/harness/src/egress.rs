@@ -142,7 +142,7 @@ impl Upstream {
     pub async fn https(names: &[&str]) -> Upstream {
         let ca = Arc::new(
             CertificateAuthority::mint(CaConfig {
-                permitted: Some(names.iter().map(|s| s.to_string()).collect()),
+                permitted: names.iter().map(|s| s.to_string()).collect(),
                 common_name: "test upstream CA".into(),
                 ..CaConfig::default()
             })
@@ -211,7 +211,7 @@ impl Proxy {
         .unwrap();
         let ca = Arc::new(
             CertificateAuthority::mint(CaConfig {
-                permitted: Some(table.bumped_hosts()),
+                permitted: table.bumped_hosts(),
                 ..CaConfig::default()
             })
             .unwrap(),

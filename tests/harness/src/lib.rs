@@ -3,6 +3,7 @@
 //!
 //! Every test that touches signals or the reaper runs in its own process (nextest runs
 //! each test in a separate process: signals and the reaper are process-wide).
+#![forbid(unsafe_code)]
 
 pub mod egress;
 pub mod worker;
@@ -234,6 +235,15 @@ pub mod external {
                 let _ = child.wait();
             }
         }
+    }
+
+    /// Sends `signal` to `pid`, a process this test drives from outside: its own unwaited
+    /// child (whose pid cannot be recycled yet), a process inside a namespace or container
+    /// it created, or the test process itself. Panics when delivery fails.
+    pub fn signal(pid: i32, signal: i32) {
+        bottle_proc::signal::send_unsupervised(pid, signal).unwrap_or_else(|err| {
+            panic!("sending {} to {pid}: {err}", bottle_proc::signal::name(signal))
+        });
     }
 
     /// Polls `cond` every 5 ms until it holds or `timeout` passes (blocking).

@@ -188,6 +188,7 @@ fn delays_respected(events: &[TreeEvent]) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::print_stdout, clippy::print_stderr)] // the seed must reach a human to replay a failure
 async fn five_hundred_random_faults_leave_a_consistent_tree() {
     init_tracing();
     let seed: u64 = std::env::var("BOTTLE_CHAOS_SEED")

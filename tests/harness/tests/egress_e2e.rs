@@ -175,18 +175,52 @@ async fn host_sni_and_host_header_spoofing_is_blocked() {
     assert!(err.starts_with("tls:"), "{err}");
 }
 
+/// A TCP listener on loopback that only counts the connections it accepts: where a
+/// proxy that failed to refuse an SSRF would have connected.
+struct Trap {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Trap {
+    async fn bind(at: &str) -> Trap {
+        let listener = tokio::net::TcpListener::bind(at).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        Trap { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_literals_in_every_encoding_and_private_resolutions_are_blocked() {
     let w = world().await;
-    for literal in [
+    // Every spelling of 127.0.0.1 names the trap's port: a proxy that dialled any of them
+    // would be counted. The other literals are refused the same way (no route), before
+    // any dial, so they keep the default port.
+    let trap = Trap::bind("127.0.0.1:0").await;
+    let port = trap.addr.port();
+    let loopback = [
         "127.0.0.1",
         "2130706433",
         "0x7f000001",
         "0x7f.1",
         "0177.0.0.1",
         "127.1",
-        "[::1]",
         "[::ffff:127.0.0.1]",
+    ];
+    let private = [
+        "[::1]",
         "169.254.169.254",
         "10.0.0.1",
         "172.16.0.1",
@@ -195,14 +229,45 @@ async fn ip_literals_in_every_encoding_and_private_resolutions_are_blocked() {
         "224.0.0.1",
         "[fe80::1]",
         "[fd00:ec2::254]",
-    ] {
-        let (code, body, err) = curl(&w, &[&format!("http://{literal}/")]).await;
-        assert_eq!(code, 403, "{literal}: {body} {err}");
-        assert!(body.contains("is not a route"), "{literal}: {body}");
+    ];
+    let urls = loopback
+        .iter()
+        .map(|l| format!("http://{l}:{port}/"))
+        .chain(private.iter().map(|l| format!("http://{l}/")));
+    for url in urls {
+        let (code, body, err) = curl(&w, &[&url]).await;
+        assert_eq!(code, 403, "{url}: {body} {err}");
+        assert!(body.contains("is not a route"), "{url}: {body}");
     }
     let (code, body, _) = curl(&w, &["http://localhost/"]).await;
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("Loopback"), "{body}");
+
+    // A route whose name resolves to loopback, on the trap's port: refused after the
+    // lookup, before the dial.
+    let routes = format!(
+        "routes:\n  - host: localhost\n    ports: [{port}]\n  - host: trap.test\n    connect: \"{}\"\n",
+        trap.addr
+    );
+    let second = Proxy::start(&routes, &[], None).await;
+    let (code, body, err) = bottle_tests::egress::curl_via(
+        second.addr,
+        second.ca_file(),
+        &[&format!("http://localhost:{port}/")],
+    )
+    .await;
+    assert_eq!(code, 403, "{body} {err}");
+    assert!(body.contains("Loopback"), "{body}");
+    assert_eq!(trap.accepted(), 0, "the proxy connected to a refused loopback address");
+
+    // The control: an operator's `connect` to the same address is dialled, and counted.
+    let (code, body, err) =
+        bottle_tests::egress::curl_via(second.addr, second.ca_file(), &["http://trap.test/"]).await;
+    assert_ne!(code, 403, "{body} {err}");
+    assert!(
+        bottle_tests::eventually(Duration::from_secs(5), || trap.accepted() > 0).await,
+        "the trap never counted the control connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -210,8 +210,7 @@ fn a_daemon_killed_with_sigkill_is_restarted_and_no_zombies_pile_up() {
     assert!(c.wait_log("Started.", 2), "{}", c.logs());
     let init = c.host_pid();
     let first = children_matching(init, "sleep 600")[0];
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    bottle_tests::external::signal(first, libc::SIGKILL);
     assert!(
         wait_until(Duration::from_secs(5), || children_matching(init, "sleep 600")
             .iter()

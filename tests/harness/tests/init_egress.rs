@@ -76,11 +76,7 @@ async fn the_builtin_egress_serves_reloads_on_sighup_and_keeps_the_old_table_on_
     // SIGHUP: bottle-init reloads, the builtin re-reads its routes.
     std::fs::write(&routes, format!("routes:\n{}{}", route("plain.test"), route("new.test")))
         .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(init.pid()),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
+    bottle_tests::external::signal(init.pid(), libc::SIGHUP);
     let pp = proxy.clone();
     assert!(
         tokio::task::spawn_blocking(move || wait_until(Duration::from_secs(10), || curl(
@@ -105,11 +101,7 @@ async fn the_builtin_egress_serves_reloads_on_sighup_and_keeps_the_old_table_on_
         200
     );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(init.pid()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    bottle_tests::external::signal(init.pid(), libc::SIGTERM);
     let (status, _, err) = init.wait(Duration::from_secs(10));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
 }

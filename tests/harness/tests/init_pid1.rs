@@ -55,7 +55,7 @@ impl Pid1 {
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.init), signal).unwrap();
+        bottle_tests::external::signal(self.init, signal as i32);
     }
 
     fn ctl(&self, args: &[&str]) -> (bool, String, String) {
@@ -159,8 +159,7 @@ fn a_daemon_killed_with_sigkill_from_outside_is_restarted() {
     let pid1 = Pid1::start(vec![fast_backoff(testchild("a", &["sleep", "600"]))]);
     pid1.wait_ready(1);
     let first = pid1.daemons("sleep 600")[0];
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    bottle_tests::external::signal(first, libc::SIGKILL);
     assert!(
         wait_until(Duration::from_secs(5), || pid1
             .daemons("sleep 600")

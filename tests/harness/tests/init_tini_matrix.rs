@@ -93,8 +93,7 @@ fn a_program_ignoring_sigterm_is_killed_within_the_grace() {
             .is_some_and(|&p| bottle_tests::has_handler(p, libc::SIGTERM))
     });
     let t0 = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), nix::sys::signal::Signal::SIGTERM)
-        .unwrap();
+    bottle_tests::external::signal(init, libc::SIGTERM);
     let (status, _, err) = unshare.wait(Duration::from_secs(10));
     let took = t0.elapsed();
     assert!(
@@ -119,8 +118,7 @@ fn signals_reach_the_programs_whole_process_group() {
     });
     let sh = children_matching(init, "/bin/sh")[0];
     let grandchild = children_matching(sh, "sleep 600")[0];
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), nix::sys::signal::Signal::SIGHUP)
-        .unwrap();
+    bottle_tests::external::signal(init, libc::SIGHUP);
     let (status, _, err) = unshare.wait(Duration::from_secs(10));
     assert_eq!(status.and_then(|s| s.code()), Some(7), "{err}");
     assert!(

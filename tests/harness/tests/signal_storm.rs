@@ -24,10 +24,10 @@ async fn a_thousand_signals_coalesce_without_deadlock() {
     }));
     let node = Node::start(spec, config).await.unwrap();
     node.wait_root(Duration::from_secs(5)).await.unwrap();
-    let me = nix::unistd::getpid();
+    let me = std::process::id() as i32;
     let storm = std::thread::spawn(move || {
         for _ in 0..1000 {
-            nix::sys::signal::kill(me, nix::sys::signal::Signal::SIGUSR1).unwrap();
+            bottle_tests::external::signal(me, libc::SIGUSR1);
         }
     });
     storm.join().unwrap();

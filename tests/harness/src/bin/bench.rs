@@ -27,13 +27,14 @@
 //! `runtime`: process restart latency (SIGKILL to the replacement exec'd) against the
 //! raw spawn+kill+reap floor with no supervisor; actor restart latency (panic to
 //! restarted); supervisor message overhead against a bare ractor actor.
+// The report (markdown tables on stdout, notes on stderr) is this binary's output.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bottle_runtime::backoff::Backoff;
-use bottle_runtime::fault::Fault;
 use bottle_runtime::proc::SpawnSpec;
 use bottle_runtime::spec::{ActorFactory, ChildSpec, ChildStart, SupervisorSpec};
 use bottle_runtime::{Node, NodeConfig, SupervisorMsg, TreeEvent};
@@ -68,13 +69,27 @@ impl Actor for Echo {
     }
 }
 
-#[derive(Debug)]
-struct EchoFactory;
+/// Starts [`Echo`]s and keeps the latest one, so the bench can make it panic without the
+/// runtime's fault injection (which shipped binaries never contain, and this is a binary).
+#[derive(Debug, Clone, Default)]
+struct EchoFactory {
+    latest: Arc<std::sync::Mutex<Option<ActorCell>>>,
+}
+
+impl EchoFactory {
+    /// Makes the running echo panic (its handler records the time first).
+    fn panic_latest(&self) {
+        let cell = self.latest.lock().unwrap().clone().expect("the echo actor started");
+        cell.send_message(u64::MAX).expect("the echo actor is running");
+    }
+}
 
 #[async_trait]
 impl ActorFactory for EchoFactory {
     async fn spawn_linked(&self, _: String, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
-        Ok(Actor::spawn_linked(None, Echo, (), supervisor).await?.0.get_cell())
+        let cell = Actor::spawn_linked(None, Echo, (), supervisor).await?.0.get_cell();
+        *self.latest.lock().unwrap() = Some(cell.clone());
+        Ok(cell)
     }
     fn inject_panic(&self, cell: &ActorCell) -> bool {
         cell.send_message(u64::MAX).is_ok()
@@ -121,11 +136,12 @@ async fn wait_started(recorder: &Recorder, path: &str, after: Instant) -> Instan
 
 async fn runtime_bench(iterations: usize) {
     let recorder = Recorder::default();
+    let echo = EchoFactory::default();
     let spec = SupervisorSpec::new("root")
         .intensity(1_000_000, Duration::from_secs(1))
         .child(testchild("proc", &["sleep", "600"]).backoff(Backoff::ZERO))
         .child(
-            ChildSpec::new("actor", ChildStart::Actor(Arc::new(EchoFactory)))
+            ChildSpec::new("actor", ChildStart::Actor(Arc::new(echo.clone())))
                 .backoff(Backoff::ZERO),
         );
     let config = NodeConfig {
@@ -145,8 +161,7 @@ async fn runtime_bench(iterations: usize) {
         let pid = current_pid(&recorder, "root/proc");
         let t0 = Instant::now();
         // SIGKILL straight to the child, as an outside killer would.
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
-            .expect("kill");
+        assert!(reaper.signal_group(pid, libc::SIGKILL).expect("kill"), "{pid} is supervised");
         let at = wait_started(&recorder, "root/proc", t0).await;
         supervised.push(at - t0);
     }
@@ -180,7 +195,9 @@ async fn runtime_bench(iterations: usize) {
     let mut actor = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let t0 = Instant::now();
-        node.inject("actor", Fault::Panic).await.expect("panic");
+        // The supervisor's Started event comes after spawn_linked returned, so `latest`
+        // is the replacement by the time wait_started saw it.
+        echo.panic_latest();
         let at = wait_started(&recorder, "root/actor", t0).await;
         let panicked = PANIC_AT.lock().unwrap().take().expect("panic time");
         actor.push(at - panicked);
@@ -279,10 +296,7 @@ mod init_bench {
 
     impl Drop for Running {
         fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            let _ = bottle_proc::signal::send_unsupervised(self.0.id() as i32, libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.0.try_wait() {
@@ -416,10 +430,7 @@ mod init_bench {
             // The exact command line: other daemons of the same program must not count.
             let exact = cmdline(old);
             let t0 = Instant::now();
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(old),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = bottle_proc::signal::send_unsupervised(old, libc::SIGKILL);
             let ok = wait_for(Duration::from_secs(10), || {
                 fast_children(supervisor).into_iter().any(|p| p != old && cmdline(p) == exact)
             });
@@ -519,10 +530,7 @@ mod init_bench {
             });
             let samples =
                 restart_latency(sh.0.id(), "sleep 600", iterations, Duration::from_millis(300));
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(-(sh.0.id() as i32)),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = bottle_proc::signal::send_unsupervised(-(sh.0.id() as i32), libc::SIGKILL);
             drop(sh);
             samples
         };
@@ -825,7 +833,7 @@ mod egress_bench {
     pub(super) async fn run() {
         let dir = bottle_tests::external::TempDir::new("bench-egress");
         let up_ca = bottle_ca::CertificateAuthority::mint(bottle_ca::CaConfig {
-            permitted: Some(vec!["localhost".into()]),
+            permitted: vec!["localhost".into()],
             ..Default::default()
         })
         .unwrap();

@@ -107,11 +107,14 @@ fn main() {
             let code = std::fs::read_to_string(arg(1)).ok().and_then(|s| s.trim().parse().ok());
             finish(code.unwrap_or(1));
         }
-        other => {
-            eprintln!("bottle-testchild: unknown mode {other:?}");
-            finish(2);
-        }
+        other => usage(other),
     }
+}
+
+#[allow(clippy::print_stderr)] // a usage error of a test helper binary
+fn usage(mode: &str) -> ! {
+    eprintln!("bottle-testchild: unknown mode {mode:?}");
+    finish(2)
 }
 
 fn nap(secs: u64) {
