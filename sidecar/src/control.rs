@@ -35,6 +35,8 @@ pub(crate) enum Request {
     Reload,
     /// Graceful shutdown.
     Stop,
+    /// Follow the tree's events: NDJSON until the tree ends (sidecar/src/events.rs).
+    Events,
 }
 
 /// One reply.
@@ -106,6 +108,12 @@ async fn handle(stream: UnixStream, init: Arc<Init>, allowed: bool) -> std::io::
             }
             Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
                 Err(e) => Reply::error(format!("malformed request: {e}")),
+                Ok(Request::Events) => match init.subscribe() {
+                    Some(events) => {
+                        return crate::events::stream(reader.into_inner(), write, events).await;
+                    }
+                    None => Reply::error("the daemon tree is not up"),
+                },
                 Ok(request) => dispatch(request, &init).await,
             },
         }
@@ -135,6 +143,7 @@ async fn dispatch(request: Request, init: &Init) -> Reply {
             init.stop("ctl stop");
             Reply::result(Ok("stopping".into()))
         }
+        Request::Events => Reply::error("events is a stream, served before dispatch"),
     }
 }
 
@@ -165,6 +174,7 @@ mod tests {
             Request::Status,
             Request::Reload,
             Request::Stop,
+            Request::Events,
             Request::Restart { name: "egress".into() },
         ] {
             let text = serde_json::to_string(&request).unwrap();

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod builtin;
 mod config;
 mod control;
+mod events;
 mod init;
 
 /// PID 1 of the bottle sidecar.
@@ -74,6 +75,8 @@ enum CtlAction {
     Reload,
     /// Graceful shutdown (like SIGTERM).
     Stop,
+    /// Follow the daemons: one JSON tree event a line until bottle-init stops.
+    Events,
 }
 
 fn main() -> ExitCode {
@@ -143,6 +146,15 @@ async fn ctl(socket: PathBuf, action: CtlAction) -> i32 {
         CtlAction::Restart { name } => (Request::Restart { name }, false),
         CtlAction::Reload => (Request::Reload, false),
         CtlAction::Stop => (Request::Stop, false),
+        CtlAction::Events => {
+            return match events::follow(&socket).await {
+                Ok(()) => 0,
+                Err(err) => {
+                    tracing::error!("{err:#}");
+                    1
+                }
+            };
+        }
     };
     let reply = match control::call(&socket, &request).await {
         Ok(reply) => reply,

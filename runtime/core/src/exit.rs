@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use bottle_proc::ExitStatus;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How a child's ending counts for the restart policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExitClass {
     /// Exit 0, or killed by a signal we sent while stopping it.
@@ -23,7 +23,7 @@ pub enum ExitClass {
 }
 
 /// What happened to a child, actor or process.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Termination {
     /// The process was reaped with this status.
@@ -166,7 +166,7 @@ impl Termination {
 }
 
 /// Why a supervisor (or the whole tree) ended.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cause", rename_all = "snake_case")]
 pub enum TreeCause {
     /// A graceful shutdown was requested (SIGTERM, a parent, an API call).
@@ -213,7 +213,7 @@ impl TreeCause {
 }
 
 /// The first crash in a (sub)tree: kept so a later graceful shutdown cannot hide it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CrashRecord {
     /// Milliseconds since the tree started.
     pub at_ms: u64,
@@ -260,6 +260,12 @@ mod duration_ms {
         s: S,
     ) -> Result<S::Ok, S::Error> {
         s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<std::time::Duration, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d).map(std::time::Duration::from_millis)
     }
 }
 
