@@ -76,6 +76,12 @@ async fn handle(stream: UnixStream, init: Arc<Init>, allowed: bool) -> std::io::
             Ok(Err(e)) => error(ErrorKind::Malformed, format!("cannot read the request: {e}")),
             Ok(Ok(_)) => match Request::from_line(&line) {
                 Err(refused) => Reply::Error(refused),
+                Ok(Request::Events) => match init.subscribe() {
+                    Some(events) => {
+                        return crate::events::stream(reader.into_inner(), write, events).await;
+                    }
+                    None => error(ErrorKind::NotUp, "the daemon tree is not up"),
+                },
                 Ok(request) => dispatch(request, &init).await,
             },
         }
@@ -98,6 +104,7 @@ async fn dispatch(request: Request, init: &Init) -> Reply {
             init.stop("ctl stop");
             Reply::Done { message: "stopping".into() }
         }
+        Request::Events => error(ErrorKind::Failed, "events is a stream, served before dispatch"),
     }
 }
 

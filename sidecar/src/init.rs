@@ -5,6 +5,9 @@
 //! grace budget, then a sweep of every remaining process (SIGTERM, a short wait,
 //! SIGKILL), all inside `grace_seconds`. Work triggered by signals (reload, restarts)
 //! runs in tasks, never in the node's handler, and USR1 restarts coalesce.
+//! A reload diffs the running daemons against the new file: removed daemons are stopped
+//! (in reverse order) and removed, changed ones restart with their new definition, added
+//! ones start in their configured place; the running tree is the truth it diffs against.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -15,9 +18,12 @@ use std::time::{Duration, Instant};
 use bottle_runtime::exit::TreeExitCode;
 use bottle_runtime::signals::SignalKind;
 use bottle_runtime::spec::{ChildSpec, ChildStart, ProcessSpec, SupervisorSpec};
-use bottle_runtime::{Node, NodeConfig, NodeHandle, NodeMsg, SupervisorMsg, SupervisorStatus};
+use bottle_runtime::{
+    ControlError, EventFeed, Node, NodeConfig, NodeHandle, NodeMsg, SupervisorMsg,
+    SupervisorStatus, TreeEvent,
+};
 use ractor::ActorRef;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use bottle_protocol::secrets::Secrets;
 
@@ -76,6 +82,7 @@ pub(crate) struct Init {
     config_path: Option<PathBuf>,
     config: Mutex<Option<InitConfig>>,
     node: Mutex<Option<ActorRef<NodeMsg>>>,
+    feed: Mutex<Option<EventFeed>>,
     root: tokio::sync::OnceCell<ActorRef<SupervisorMsg>>,
     usr1: mpsc::Sender<()>,
     /// Resolved once at start; a reload hands the builtins the same values.
@@ -114,9 +121,12 @@ impl Init {
 
     pub(crate) async fn restart(&self, name: &str) -> Result<(), String> {
         let root = self.root().await.ok_or("the daemon tree is not up")?;
-        let path = name.to_string();
-        ractor::call_t!(root, |reply| SupervisorMsg::RestartChild { path, reply }, 120_000)
-            .map_err(|e| e.to_string())?
+        restart_daemon(&root, name).await.map_err(|e| e.to_string())
+    }
+
+    /// Every tree event from now on (`ctl events`); `None` before the tree started.
+    pub(crate) fn subscribe(&self) -> Option<broadcast::Receiver<TreeEvent>> {
+        self.feed.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(EventFeed::subscribe)
     }
 
     pub(crate) fn stop(&self, reason: &str) {
@@ -125,7 +135,8 @@ impl Init {
         }
     }
 
-    /// Re-reads the config. An invalid file keeps the running configuration.
+    /// Re-reads the config and applies it to the running tree (see the module docs).
+    /// An invalid file keeps the running configuration.
     pub(crate) async fn reload(&self) -> Result<String, String> {
         let Some(path) = &self.config_path else {
             return Err("no config file to reload (single-program mode)".into());
@@ -142,66 +153,59 @@ impl Init {
             }
         };
         let root = self.root().await.ok_or("the daemon tree is not up")?;
+        let running: Vec<String> = ractor::call_t!(root, SupervisorMsg::Status, 10_000)
+            .map_err(|_| "the daemon tree did not answer; configuration unchanged".to_string())?
+            .children
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
         let old = self.config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let target: Vec<&str> = spec.children.iter().map(|c| c.name.as_str()).collect();
+        let definition = |config: Option<&InitConfig>, name: &str| {
+            config.and_then(|c| c.daemon.iter().find(|d| d.name == name)).cloned()
+        };
+        let plan = ReloadPlan::new(&running, &target, |name| {
+            definition(old.as_ref(), name) != definition(Some(&new), name)
+        });
+        let mut children: BTreeMap<String, ChildSpec> =
+            spec.children.into_iter().map(|c| (c.name.clone(), c)).collect();
         let mut notes = Vec::new();
-        for child in spec.children {
-            let name = child.name.clone();
-            let old_daemon = old.as_ref().and_then(|o| o.daemon.iter().find(|d| d.name == name));
-            let new_daemon = new.daemon.iter().find(|d| d.name == name);
-            match old_daemon {
-                None => notes.push(format!("{name}: new daemon, starts with the next bottle-init")),
-                Some(o) if Some(o) != new_daemon => {
-                    let result = ractor::call_t!(
-                        root,
-                        |reply| SupervisorMsg::UpdateChild { spec: Box::new(child), reply },
-                        10_000
-                    );
-                    match result {
-                        Ok(Ok(())) => {
-                            notes.push(format!("{name}: changed, takes effect at its next restart"))
-                        }
-                        Ok(Err(e)) => notes.push(format!("{name}: {e}")),
-                        Err(e) => notes.push(format!("{name}: {e}")),
-                    }
-                }
-                Some(_) => {}
-            }
-            if new_daemon.is_some_and(|d| d.builtin.is_some()) {
-                let path = name.clone();
-                match ractor::call_t!(
-                    root,
-                    |reply| SupervisorMsg::ReloadChild { path, reply },
-                    30_000
-                ) {
-                    Ok(Ok(what)) => notes.push(format!("{name}: {what}")),
-                    Ok(Err(why)) => notes.push(format!("{name}: reload failed: {why}")),
-                    Err(e) => notes.push(format!("{name}: reload failed: {e}")),
-                }
-            }
-            if let Some(signal) = new_daemon.and_then(|d| d.reload_signal().ok().flatten()) {
-                let path = name.clone();
-                match ractor::call_t!(
-                    root,
-                    |reply| SupervisorMsg::SignalChild { path, signal, reply },
-                    10_000
-                ) {
-                    Ok(Ok(true)) => notes.push(format!(
-                        "{name}: sent {}",
-                        bottle_runtime::proc::signal::name(signal)
-                    )),
-                    Ok(Ok(false)) => {
-                        notes.push(format!("{name}: not running; reload signal not sent"))
-                    }
-                    other => notes.push(format!("{name}: reload signal failed: {other:?}")),
-                }
-            }
+        for name in &plan.removed {
+            notes.push(match remove_daemon(&root, name).await {
+                Ok(()) => format!("{name}: removed from the config; stopped"),
+                Err(e) => format!("{name}: removal failed: {e}"),
+            });
         }
-        if let Some(old) = &old {
-            for gone in old.daemon.iter().filter(|o| !new.daemon.iter().any(|n| n.name == o.name)) {
-                notes.push(format!(
-                    "{}: removed from the config, keeps running until bottle-init restarts",
-                    gone.name
-                ));
+        for name in &plan.changed {
+            let Some(child) = children.remove(name) else { continue };
+            notes.push(match replace_daemon(&root, child).await {
+                Ok(()) => format!("{name}: changed; restarted with the new definition"),
+                Err(e) => format!("{name}: changed; restart failed: {e}"),
+            });
+        }
+        for (name, index) in &plan.added {
+            let Some(child) = children.remove(name) else { continue };
+            notes.push(match add_daemon(&root, child, *index).await {
+                Ok(()) => format!("{name}: new daemon; started"),
+                Err(e) => format!("{name}: new daemon; {e}"),
+            });
+        }
+        for name in &plan.kept {
+            let Some(daemon) = new.daemon.iter().find(|d| &d.name == name) else { continue };
+            if daemon.builtin.is_some() {
+                notes.push(match reload_daemon(&root, name).await {
+                    Ok(what) => format!("{name}: {what}"),
+                    Err(e) => format!("{name}: reload failed: {e}"),
+                });
+            }
+            if let Some(signal) = daemon.reload_signal().ok().flatten() {
+                notes.push(match signal_daemon(&root, name, signal).await {
+                    Ok(true) => {
+                        format!("{name}: sent {}", bottle_runtime::proc::signal::name(signal))
+                    }
+                    Ok(false) => format!("{name}: not running; reload signal not sent"),
+                    Err(e) => format!("{name}: reload signal failed: {e}"),
+                });
             }
         }
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = Some(new);
@@ -222,6 +226,117 @@ impl Init {
             .map(|c| c.usr1_restarts.clone())
             .unwrap_or_default()
     }
+}
+
+/// What a reload changes, from the names of the running daemons (in start order) and
+/// of the reloaded configuration (in config order).
+#[derive(Debug, Default, PartialEq)]
+struct ReloadPlan {
+    /// Running but no longer configured: stopped and removed, in reverse start order.
+    removed: Vec<String>,
+    /// In both, with a different definition: restarted with the new one.
+    changed: Vec<String>,
+    /// Configured but not running: added at this index (counted after the removals and
+    /// the additions before it), right after the configured daemon before it.
+    added: Vec<(String, usize)>,
+    /// In both and unchanged: they get their reload hook and reload signal.
+    kept: Vec<String>,
+}
+
+impl ReloadPlan {
+    fn new(running: &[String], target: &[&str], changed: impl Fn(&str) -> bool) -> ReloadPlan {
+        let mut plan = ReloadPlan {
+            removed: running
+                .iter()
+                .rev()
+                .filter(|r| !target.contains(&r.as_str()))
+                .cloned()
+                .collect(),
+            ..ReloadPlan::default()
+        };
+        let mut order: Vec<&str> =
+            running.iter().map(String::as_str).filter(|r| target.contains(r)).collect();
+        for (i, &name) in target.iter().enumerate() {
+            if order.contains(&name) {
+                if changed(name) {
+                    plan.changed.push(name.to_string());
+                } else {
+                    plan.kept.push(name.to_string());
+                }
+                continue;
+            }
+            let after = target[..i].iter().rev().find_map(|p| order.iter().position(|o| o == p));
+            let index = after.map_or(0, |p| p + 1);
+            order.insert(index, name);
+            plan.added.push((name.to_string(), index));
+        }
+        plan
+    }
+}
+
+const DAEMON_CALL_MS: u64 = 120_000;
+
+fn unreachable(name: &str) -> ControlError {
+    ControlError::Unreachable { path: format!("init/{name}") }
+}
+
+async fn restart_daemon(root: &ActorRef<SupervisorMsg>, name: &str) -> Result<(), ControlError> {
+    let path = name.to_string();
+    ractor::call_t!(root, |reply| SupervisorMsg::RestartChild { path, reply }, DAEMON_CALL_MS)
+        .map_err(|_| unreachable(name))?
+}
+
+async fn remove_daemon(root: &ActorRef<SupervisorMsg>, name: &str) -> Result<(), ControlError> {
+    let name_owned = name.to_string();
+    ractor::call_t!(
+        root,
+        |reply| SupervisorMsg::RemoveChild { name: name_owned, reply },
+        DAEMON_CALL_MS
+    )
+    .map_err(|_| unreachable(name))?
+}
+
+/// The new definition replaces the old one, then the daemon restarts with it.
+async fn replace_daemon(
+    root: &ActorRef<SupervisorMsg>,
+    child: ChildSpec,
+) -> Result<(), ControlError> {
+    let name = child.name.clone();
+    let spec = Box::new(child);
+    ractor::call_t!(root, |reply| SupervisorMsg::UpdateChild { spec, reply }, 10_000)
+        .map_err(|_| unreachable(&name))??;
+    restart_daemon(root, &name).await
+}
+
+async fn add_daemon(
+    root: &ActorRef<SupervisorMsg>,
+    child: ChildSpec,
+    index: usize,
+) -> Result<(), ControlError> {
+    let name = child.name.clone();
+    let spec = Box::new(child);
+    ractor::call_t!(
+        root,
+        |reply| SupervisorMsg::AddChild { spec, index: Some(index), reply },
+        DAEMON_CALL_MS
+    )
+    .map_err(|_| unreachable(&name))?
+}
+
+async fn reload_daemon(root: &ActorRef<SupervisorMsg>, name: &str) -> Result<String, ControlError> {
+    let path = name.to_string();
+    ractor::call_t!(root, |reply| SupervisorMsg::ReloadChild { path, reply }, 30_000)
+        .map_err(|_| unreachable(name))?
+}
+
+async fn signal_daemon(
+    root: &ActorRef<SupervisorMsg>,
+    name: &str,
+    signal: i32,
+) -> Result<bool, ControlError> {
+    let path = name.to_string();
+    ractor::call_t!(root, |reply| SupervisorMsg::SignalChild { path, signal, reply }, 10_000)
+        .map_err(|_| unreachable(name))?
 }
 
 fn single_spec(argv: Vec<OsString>, stop_timeout: Duration) -> SupervisorSpec {
@@ -296,6 +411,7 @@ pub(crate) async fn run(options: Options) -> Result<i32, InitError> {
         config_path,
         config: Mutex::new(config),
         node: Mutex::new(None),
+        feed: Mutex::new(None),
         root: tokio::sync::OnceCell::new(),
         usr1: usr1_tx,
         secrets,
@@ -359,6 +475,7 @@ pub(crate) async fn run(options: Options) -> Result<i32, InitError> {
     };
     let node: NodeHandle = Node::start(spec, node_config).await?;
     *init.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.actor().clone());
+    *init.feed.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.feed());
     tracing::info!(pid1 = is_pid1, grace = ?grace, control = ?control_path, "bottle-init started.");
 
     let usr1_init = init.clone();
@@ -374,8 +491,10 @@ pub(crate) async fn run(options: Options) -> Result<i32, InitError> {
     });
     let control_task = listener.map(|l| tokio::spawn(crate::control::serve(l, init.clone())));
 
+    let feed = node.feed();
     let exit = node.wait().await;
     let sweep_started = Instant::now();
+    drain_event_streams(&feed, STREAM_DRAIN).await;
     usr1_task.abort();
     if let Some(task) = control_task {
         task.abort();
@@ -391,6 +510,19 @@ pub(crate) async fn run(options: Options) -> Result<i32, InitError> {
         tracing::error!(path = %path.display(), error = %err, "Cannot write the exit report.");
     }
     Ok(exit.code)
+}
+
+/// How long bottle-init waits, at exit, for `ctl events` streams to deliver the node's
+/// last event (a client that does not read cannot hold PID 1 longer than this).
+const STREAM_DRAIN: Duration = Duration::from_millis(100);
+
+/// Waits (at most `budget`) until every event stream has ended, which each does right
+/// after writing `node_exited`.
+async fn drain_event_streams(feed: &EventFeed, budget: Duration) {
+    let deadline = Instant::now() + budget;
+    while feed.subscribers() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Last sweep: SIGTERM (+SIGCONT) to every remaining process, half the budget to exit,
@@ -440,4 +572,36 @@ fn write_report(
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, json)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_reload_plan_removes_in_reverse_adds_in_place_and_restarts_changed_daemons() {
+        let running = names(&["a", "b", "c", "d"]);
+        let plan = ReloadPlan::new(&running, &["x", "a", "c", "y", "z"], |name| name == "c");
+        assert_eq!(
+            plan,
+            ReloadPlan {
+                removed: names(&["d", "b"]),
+                changed: names(&["c"]),
+                // After the removals the tree is [a, c]: x goes first, y and z after c.
+                added: vec![("x".into(), 0), ("y".into(), 3), ("z".into(), 4)],
+                kept: names(&["a"]),
+            }
+        );
+    }
+
+    #[test]
+    fn an_unchanged_reload_plans_nothing_but_the_reload_hooks() {
+        let running = names(&["a", "b"]);
+        let plan = ReloadPlan::new(&running, &["a", "b"], |_| false);
+        assert_eq!(plan, ReloadPlan { kept: names(&["a", "b"]), ..ReloadPlan::default() });
+    }
 }

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod builtin;
 mod config;
 mod control;
+mod events;
 mod init;
 mod secrets;
 
@@ -75,6 +76,8 @@ enum CtlAction {
     Reload,
     /// Graceful shutdown (like SIGTERM).
     Stop,
+    /// Follow the daemons: one JSON tree event a line until bottle-init stops.
+    Events,
 }
 
 fn main() -> ExitCode {
@@ -144,6 +147,15 @@ async fn ctl(socket: PathBuf, action: CtlAction) -> i32 {
         CtlAction::Restart { name } => (Request::Restart { name }, false),
         CtlAction::Reload => (Request::Reload, false),
         CtlAction::Stop => (Request::Stop, false),
+        CtlAction::Events => {
+            return match events::follow(&socket).await {
+                Ok(()) => 0,
+                Err(err) => {
+                    tracing::error!("{err:#}");
+                    1
+                }
+            };
+        }
     };
     let reply = match control::call(&socket, &request).await {
         Ok(reply) => reply,

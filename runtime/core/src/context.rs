@@ -1,61 +1,22 @@
 //! What every actor of one supervision tree shares: the reaper, the output sink, the
-//! event observer, the jitter source and the final reports.
+//! event observer and feed, the jitter source and the final reports.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bottle_proc::Reaper;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::exit::{ExitClass, Termination};
+use crate::events::{EventFeed, TreeEvent};
+use crate::exit::Termination;
 use crate::output::LineSink;
-use crate::policy::Decision;
 use crate::report::SupervisorReport;
 
-/// Something that happened in the tree, for observers (logs, tests, the chaos check).
-#[derive(Clone, Debug)]
-pub enum TreeEvent {
-    /// A child started (and, with a readiness check, became ready).
-    Started {
-        /// `root/sub/name`.
-        path: String,
-        /// When.
-        at: Instant,
-        /// The process id, for process children.
-        pid: Option<i32>,
-    },
-    /// A child ended on its own or failed to start.
-    Exited {
-        /// `root/sub/name`.
-        path: String,
-        /// When.
-        at: Instant,
-        /// What happened.
-        termination: Termination,
-        /// How it was classified.
-        class: ExitClass,
-    },
-    /// The supervisor decided what to do about an exit.
-    Decided {
-        /// The child the decision is about.
-        path: String,
-        /// When.
-        at: Instant,
-        /// The decision.
-        decision: Decision,
-    },
-    /// A child was stopped on purpose (group restart, operator restart, shutdown).
-    Stopped {
-        /// `root/sub/name`.
-        path: String,
-        /// When.
-        at: Instant,
-    },
-}
-
-/// Receives [`TreeEvent`]s. Must be cheap and must not block.
+/// Receives every [`TreeEvent`] synchronously, in order, none lost (tests, the chaos
+/// replay). Must be cheap and must not block; observers that may be slow subscribe to
+/// the [`EventFeed`] instead.
 pub type Observer = Arc<dyn Fn(&TreeEvent) + Send + Sync>;
 
 /// Shared by all actors of one tree.
@@ -64,6 +25,7 @@ pub struct TreeContext {
     pub(crate) reaper: Reaper,
     pub(crate) sink: LineSink,
     pub(crate) observer: Option<Observer>,
+    pub(crate) feed: EventFeed,
     rng: Arc<Mutex<StdRng>>,
     pub(crate) reports: Arc<Mutex<BTreeMap<String, SupervisorReport>>>,
     started: Instant,
@@ -83,6 +45,7 @@ impl TreeContext {
             reaper,
             sink,
             observer,
+            feed: EventFeed::default(),
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
             reports: Arc::new(Mutex::new(BTreeMap::new())),
             started: Instant::now(),
@@ -111,6 +74,17 @@ impl TreeContext {
         if let Some(observer) = &self.observer {
             observer(&event);
         }
+        self.feed.publish(event);
+    }
+
+    /// `now` as an offset from the tree's start: the time of [`TreeEvent`]s.
+    pub(crate) fn at(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// The instant the tree started: the base of [`TreeEvent`] times.
+    pub fn started_at(&self) -> Instant {
+        self.started
     }
 
     pub(crate) fn jitter_draw(&self) -> f64 {

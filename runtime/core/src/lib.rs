@@ -9,6 +9,7 @@
 
 pub mod backoff;
 mod context;
+pub mod events;
 pub mod exit;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
@@ -23,12 +24,14 @@ pub mod spec;
 mod supervisor;
 
 pub use bottle_proc as proc;
-pub use context::{ExitSlot, Observer, TreeContext, TreeEvent};
+pub use context::{ExitSlot, Observer, TreeContext};
+pub use events::{EventFeed, TreeEvent};
 pub use node::{
     Node, NodeActor, NodeConfig, NodeExit, NodeHandle, NodeMsg, RuntimeError, SignalHook,
     process_reaper,
 };
 pub use process::{ProcessActor, ProcessArgs, ProcessMsg, ProcessStatus, error_chain};
 pub use supervisor::{
-    ChildStatus, SupervisorActor, SupervisorArgs, SupervisorMsg, SupervisorStatus,
+    ChildId, ChildStatus, ControlError, SupervisorActor, SupervisorArgs, SupervisorMsg,
+    SupervisorStatus,
 };

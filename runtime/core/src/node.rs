@@ -17,16 +17,22 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tokio::sync::oneshot;
 
 use crate::context::{ExitSlot, Observer, TreeContext, new_slot, take_slot};
+use crate::events::{EventFeed, TreeEvent};
 use crate::exit::{Termination, TreeCause};
 use crate::output::{LineSink, stdout_sink};
 use crate::report::ExitReport;
 use crate::signals::{SignalBridge, SignalKind};
-use crate::spec::{ConfigError, SupervisorSpec};
-use crate::supervisor::{SupervisorActor, SupervisorArgs, SupervisorMsg, SupervisorStatus};
+use crate::spec::{ChildSpec, ConfigError, SupervisorSpec};
+use crate::supervisor::{
+    ControlError, SupervisorActor, SupervisorArgs, SupervisorMsg, SupervisorStatus, call_error,
+};
 
 /// Reaping happens on SIGCHLD; this slow tick is a safety net for orphans whose
 /// SIGCHLD coalesced with one we had already drained.
 const REAP_TICK: Duration = Duration::from_secs(1);
+
+/// Who a failed control call to the root is about.
+const ROOT: &str = "the root supervisor";
 
 /// Errors of starting a node.
 #[derive(Debug, thiserror::Error)]
@@ -317,7 +323,9 @@ impl NodeState {
             return;
         }
         tracing::info!(%reason, grace = ?self.config.grace, "Shutting down.");
-        self.shutdown = Some((Instant::now(), reason));
+        let now = Instant::now();
+        self.ctx.observe(TreeEvent::ShuttingDown { at: self.ctx.at(now), reason: reason.clone() });
+        self.shutdown = Some((now, reason));
         // Reaches supervisors still starting children (the root may not exist yet).
         self.ctx.request_shutdown();
         if let Some(root) = &self.root {
@@ -350,6 +358,7 @@ impl NodeState {
             orphans_reaped: self.ctx.reaper.orphans_reaped(),
             supervisors: self.ctx.reports(),
         };
+        self.ctx.observe(TreeEvent::NodeExited { at: self.ctx.at(Instant::now()), code });
         if let Some(done) = self.done.take() {
             let _ = done.send(NodeExit { code, report });
         }
@@ -451,29 +460,71 @@ impl NodeHandle {
         ractor::call_t!(root, SupervisorMsg::Status, 10_000).ok()
     }
 
-    /// Operator restart of the child at `path` (relative to the root).
-    pub async fn restart_child(&self, path: &str) -> Result<(), String> {
-        let root = self.root().await.ok_or("the tree is not up")?;
-        let path = path.to_string();
-        ractor::call_t!(root, |reply| SupervisorMsg::RestartChild { path, reply }, 60_000)
-            .map_err(|e| e.to_string())?
+    async fn root_or_err(&self) -> Result<ActorRef<SupervisorMsg>, ControlError> {
+        self.root().await.ok_or(ControlError::TreeNotUp)
     }
 
-    /// Sends `signal` to the process child at `path`.
-    pub async fn signal_child(&self, path: &str, signal: i32) -> Result<bool, String> {
-        let root = self.root().await.ok_or("the tree is not up")?;
+    /// Operator restart of the child at `path` (relative to the root).
+    pub async fn restart_child(&self, path: &str) -> Result<(), ControlError> {
+        let root = self.root_or_err().await?;
+        let path = path.to_string();
+        ractor::call_t!(root, |reply| SupervisorMsg::RestartChild { path, reply }, 60_000)
+            .map_err(|e| call_error(ROOT, Duration::from_secs(60), e))?
+    }
+
+    /// Sends `signal` to the process child at `path`; whether it was delivered.
+    pub async fn signal_child(&self, path: &str, signal: i32) -> Result<bool, ControlError> {
+        let root = self.root_or_err().await?;
         let path = path.to_string();
         ractor::call_t!(root, |reply| SupervisorMsg::SignalChild { path, signal, reply }, 10_000)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| call_error(ROOT, Duration::from_secs(10), e))?
+    }
+
+    /// Adds `spec` to the root supervisor at `index` of its start order (`None`: the
+    /// end) and starts it there (see [`SupervisorMsg::AddChild`]).
+    pub async fn add_child(
+        &self,
+        spec: ChildSpec,
+        index: Option<usize>,
+    ) -> Result<(), ControlError> {
+        let root = self.root_or_err().await?;
+        let spec = Box::new(spec);
+        ractor::call_t!(root, |reply| SupervisorMsg::AddChild { spec, index, reply }, 120_000)
+            .map_err(|e| call_error(ROOT, Duration::from_secs(120), e))?
+    }
+
+    /// Stops the root's child `name` gracefully and removes it.
+    pub async fn remove_child(&self, name: &str) -> Result<(), ControlError> {
+        let root = self.root_or_err().await?;
+        let name = name.to_string();
+        ractor::call_t!(root, |reply| SupervisorMsg::RemoveChild { name, reply }, 120_000)
+            .map_err(|e| call_error(ROOT, Duration::from_secs(120), e))?
     }
 
     /// Fault injection at `path` (relative to the root).
     #[cfg(feature = "fault-injection")]
-    pub async fn inject(&self, path: &str, fault: crate::fault::Fault) -> Result<(), String> {
-        let root = self.root().await.ok_or("the tree is not up")?;
+    pub async fn inject(&self, path: &str, fault: crate::fault::Fault) -> Result<(), ControlError> {
+        let root = self.root_or_err().await?;
         let path = path.to_string();
         ractor::call_t!(root, |reply| SupervisorMsg::Inject { path, fault, reply }, 60_000)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| call_error(ROOT, Duration::from_secs(60), e))?
+    }
+
+    /// Every tree event from now on. The channel is bounded ([`crate::events::EVENT_BUFFER`]):
+    /// a receiver that falls behind loses the oldest events and is told how many
+    /// (`RecvError::Lagged`); the tree never waits for it.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TreeEvent> {
+        self.ctx.feed.subscribe()
+    }
+
+    /// The tree's event feed, for a task that subscribes later (a control socket).
+    pub fn feed(&self) -> EventFeed {
+        self.ctx.feed.clone()
+    }
+
+    /// The instant the tree started: every [`TreeEvent`]'s `at` counts from here.
+    pub fn started_at(&self) -> Instant {
+        self.ctx.started_at()
     }
 
     /// The tree's reaper.

@@ -3,7 +3,10 @@
 //! and the chaos test can replay a run through it.
 //!
 //! Hazard: a restart decided after shutdown began would start a daemon that nobody
-//! stops. [`RestartPolicy::begin_shutdown`] makes every later exit an
+//! stops; a child set changed behind the policy's back would make it decide on the
+//! wrong indices. Children added or removed at run time go through
+//! [`RestartPolicy::insert_child`] and [`RestartPolicy::remove_child`], so group
+//! strategies apply to the new order. [`RestartPolicy::begin_shutdown`] makes every later exit an
 //! [`Decision::Ignore`], and the supervisor drops restarts already scheduled.
 
 use std::collections::VecDeque;
@@ -137,6 +140,37 @@ impl RestartPolicy {
     /// and up time are kept.
     pub fn set_child_policy(&mut self, idx: usize, policy: ChildPolicy) {
         self.children[idx] = policy;
+    }
+
+    /// A child added at run time takes place `idx` of the start order (`idx` may be the
+    /// current length: appended); the children from `idx` on move one place later. It is
+    /// counted as down until [`RestartPolicy::on_started`].
+    ///
+    /// # Panics
+    /// If `idx` is past the end (the supervisor checks it first).
+    pub fn insert_child(&mut self, idx: usize, policy: ChildPolicy) {
+        self.children.insert(idx, policy);
+        self.tracks.insert(idx, ChildTrack::default());
+    }
+
+    /// Child `idx` (already stopped) leaves the policy; later children move one place
+    /// earlier. The intensity window keeps the restarts it counted.
+    ///
+    /// # Panics
+    /// If `idx` is out of range.
+    pub fn remove_child(&mut self, idx: usize) {
+        self.children.remove(idx);
+        self.tracks.remove(idx);
+    }
+
+    /// How many children the policy knows.
+    pub fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    /// Whether the policy has no children.
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty()
     }
 
     /// Child `idx` was stopped on purpose (by a group restart or shutdown): no decision.
@@ -443,6 +477,61 @@ mod tests {
             assert_eq!(p.on_exit(0, class, t0, 0.5), Decision::Ignore);
         }
         assert!(p.shutting_down());
+    }
+
+    #[test]
+    fn an_inserted_child_joins_the_group_at_its_place() {
+        let kids = vec![child(RestartType::Permanent); 3];
+        let (mut p, t0) = started(Strategy::RestForOne, lenient(), kids);
+        p.insert_child(1, child(RestartType::Permanent));
+        assert_eq!(p.len(), 4);
+        assert!(!p.is_running(1), "an added child is down until it starts");
+        p.on_started(1, t0);
+        // The old child 0 crashes: everything after it, the added one included, restarts.
+        assert_eq!(
+            p.on_exit(0, ExitClass::Crash, t0, 0.5),
+            restart(vec![3, 2, 1], vec![0, 1, 2, 3], ms(100), 1)
+        );
+    }
+
+    #[test]
+    fn an_appended_child_is_restarted_by_the_same_policy() {
+        let (mut p, t0) =
+            started(Strategy::OneForOne, lenient(), vec![child(RestartType::Permanent)]);
+        p.insert_child(1, child(RestartType::Transient));
+        p.on_started(1, t0);
+        assert_eq!(p.on_exit(1, ExitClass::Crash, t0, 0.5), restart(vec![], vec![1], ms(100), 1));
+        p.on_started(1, t0);
+        assert_eq!(p.on_exit(1, ExitClass::Clean, t0, 0.5), Decision::LeaveDown);
+    }
+
+    #[test]
+    fn a_removed_child_leaves_the_group_and_later_children_move_up() {
+        let kids = vec![
+            child(RestartType::Permanent),
+            child(RestartType::Temporary),
+            child(RestartType::Permanent),
+        ];
+        let (mut p, t0) = started(Strategy::OneForAll, lenient(), kids);
+        p.on_stopped(1);
+        p.remove_child(1);
+        assert_eq!(p.len(), 2);
+        // The former child 2 is now child 1 and keeps its policy (permanent).
+        assert_eq!(
+            p.on_exit(0, ExitClass::Crash, t0, 0.5),
+            restart(vec![1], vec![0, 1], ms(100), 1)
+        );
+    }
+
+    #[test]
+    fn removal_keeps_the_restarts_already_counted() {
+        let intensity = Intensity { max_restarts: 1, period: Duration::from_secs(10) };
+        let kids = vec![child(RestartType::Permanent); 2];
+        let (mut p, t0) = started(Strategy::OneForOne, intensity, kids);
+        assert!(matches!(p.on_exit(0, ExitClass::Crash, t0, 0.5), Decision::Restart { .. }));
+        p.remove_child(0);
+        // The budget was spent by the removed child: the next restart escalates.
+        assert_eq!(p.on_exit(0, ExitClass::Crash, t0 + ms(1), 0.5), Decision::Escalate);
     }
 
     #[test]

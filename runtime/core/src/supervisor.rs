@@ -7,6 +7,10 @@
 //! [`RestartPolicy`] refuses every decision once shutdown began.
 //! Children start in order and each `spawn_linked` returns only after the child is
 //! ready; they stop in reverse order in `post_stop`, each within its stop timeout.
+//! Children added at run time take their place in that order and start there; a
+//! removed child gets the same graceful stop. Because indices move when the child set
+//! changes, anything that outlives one handler (a scheduled restart, the rest of a
+//! batch waiting for it) names children by [`ChildId`], never by index.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -17,15 +21,137 @@ use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
 
-use crate::context::{ExitSlot, TreeContext, TreeEvent, fill_slot, new_slot, take_slot};
+use crate::context::{ExitSlot, TreeContext, fill_slot, new_slot, take_slot};
+use crate::events::TreeEvent;
 use crate::exit::{CrashRecord, ExitClass, Termination, TreeCause};
 use crate::policy::{Decision, RestartPolicy};
 use crate::process::{ProcessActor, ProcessArgs, ProcessMsg};
 use crate::report::{ChildReport, HISTORY, HistoryEntry, SupervisorReport};
-use crate::spec::{ChildSpec, ChildStart, SupervisorSpec};
+use crate::spec::{ChildSpec, ChildStart, ConfigError, SupervisorSpec};
 
 /// Extra time granted on top of a child's stop timeout before it is killed outright.
 const STOP_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long a supervisor waits for a nested supervisor's restart, add or fault reply.
+const NESTED_CALL: Duration = Duration::from_secs(30);
+
+/// How long a supervisor waits for a signal or reload reply.
+const QUICK_CALL: Duration = Duration::from_secs(5);
+
+/// Why a control request to a running tree (restart, signal, reload, add, remove,
+/// fault injection) was refused or failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// No child has that name: `path` is the supervisor's path and the first name
+    /// that is missing under it.
+    #[error("no child {:?} under {}", leaf(path), parent(path))]
+    NoSuchChild {
+        /// `root/sub/name`.
+        path: String,
+    },
+    /// The tree (its root supervisor) is not up.
+    #[error("the tree is not up")]
+    TreeNotUp,
+    /// The child exists but is down.
+    #[error("{path} is not running")]
+    NotRunning {
+        /// `root/sub/name`.
+        path: String,
+    },
+    /// The supervisor began its shutdown; it takes no more requests that start children.
+    #[error("{supervisor} is shutting down")]
+    ShuttingDown {
+        /// The supervisor's path.
+        supervisor: String,
+    },
+    /// The request does not apply to this kind of child.
+    #[error("{path} is not {expected}")]
+    WrongKind {
+        /// `root/sub/name`.
+        path: String,
+        /// What it would have to be (`a running supervisor`, `a process`, ...).
+        expected: &'static str,
+    },
+    /// The actor that had to answer did not answer in time.
+    #[error("{path} did not answer within {timeout:?}")]
+    Timeout {
+        /// Who did not answer.
+        path: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The actor that had to answer is gone.
+    #[error("{path} cannot be reached")]
+    Unreachable {
+        /// Who could not be reached.
+        path: String,
+    },
+    /// The child was (re)started but failed to start; the policy took it from there.
+    #[error("{path} failed to start: {what}")]
+    StartFailed {
+        /// `root/sub/name`.
+        path: String,
+        /// Its termination, readable.
+        what: String,
+    },
+    /// The child refused the request (an actor's reload hook, a fault that does not apply).
+    #[error("{path} refused: {reason}")]
+    Refused {
+        /// `root/sub/name`.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A child with this name already exists.
+    #[error("{path} already exists")]
+    DuplicateName {
+        /// `root/sub/name` of the existing child.
+        path: String,
+    },
+    /// The place asked for is past the end of the start order.
+    #[error("index {index} is past the end of {supervisor}'s {len} children")]
+    BadIndex {
+        /// The supervisor's path.
+        supervisor: String,
+        /// The index asked for.
+        index: usize,
+        /// How many children it has.
+        len: usize,
+    },
+    /// The child spec to add is invalid; nothing was started.
+    #[error("invalid child spec")]
+    InvalidSpec(#[source] ConfigError),
+}
+
+fn leaf(path: &str) -> &str {
+    path.rsplit_once('/').map_or(path, |(_, leaf)| leaf)
+}
+
+fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(parent, _)| parent)
+}
+
+/// A [`ControlError`] for a failed call to the actor at `path`.
+pub(crate) fn call_error<M>(
+    path: &str,
+    timeout: Duration,
+    err: ractor::RactorErr<M>,
+) -> ControlError {
+    match err {
+        ractor::RactorErr::Timeout => ControlError::Timeout { path: path.to_string(), timeout },
+        _ => ControlError::Unreachable { path: path.to_string() },
+    }
+}
+
+/// Milliseconds of `d`, for `call_t!`.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A child's identity for the life of its supervisor: unlike its index, it does not
+/// move when children are added or removed, and is never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChildId(u64);
 
 /// Everything a supervisor can be asked to do. Closed on purpose.
 #[derive(Debug)]
@@ -35,8 +161,8 @@ pub enum SupervisorMsg {
     RestartDue {
         /// Epoch at scheduling time.
         epoch: u64,
-        /// Children to start, in order.
-        start: Vec<usize>,
+        /// Children to start, in order (removed ones are skipped).
+        start: Vec<ChildId>,
     },
     /// Stop every child in reverse order, then end with cause `Shutdown`. Idempotent.
     Shutdown,
@@ -48,7 +174,27 @@ pub enum SupervisorMsg {
         /// Child path relative to this supervisor.
         path: String,
         /// Result.
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), ControlError>>,
+    },
+    /// Add a direct child at place `index` of the start order (`None`: at the end) and
+    /// start it there. Refused once shutdown began, for a name already taken and for an
+    /// invalid spec. Replies once it is started, or `StartFailed` (the policy then
+    /// treats that like a crash of the added child).
+    AddChild {
+        /// The new child.
+        spec: Box<ChildSpec>,
+        /// Its place; `None` appends.
+        index: Option<usize>,
+        /// Result.
+        reply: RpcReplyPort<Result<(), ControlError>>,
+    },
+    /// Stop the direct child `name` gracefully (as at shutdown) and remove it. Replies
+    /// once it is stopped and gone.
+    RemoveChild {
+        /// Its name.
+        name: String,
+        /// Result.
+        reply: RpcReplyPort<Result<(), ControlError>>,
     },
     /// Replace the spec of the direct child named like `spec.name`. Takes effect at its
     /// next start (a restart, or an operator restart); the running child is untouched.
@@ -56,14 +202,14 @@ pub enum SupervisorMsg {
         /// The new spec (its name selects the child).
         spec: Box<ChildSpec>,
         /// Result.
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), ControlError>>,
     },
     /// Reload the actor child at `path` through its factory's reload hook.
     ReloadChild {
         /// Child path relative to this supervisor.
         path: String,
         /// What it reported.
-        reply: RpcReplyPort<Result<String, String>>,
+        reply: RpcReplyPort<Result<String, ControlError>>,
     },
     /// Send `signal` to the process child at `path`; replies whether it was delivered.
     SignalChild {
@@ -72,7 +218,7 @@ pub enum SupervisorMsg {
         /// Signal number.
         signal: i32,
         /// Result.
-        reply: RpcReplyPort<Result<bool, String>>,
+        reply: RpcReplyPort<Result<bool, ControlError>>,
     },
     /// Fault injection at `path` (empty path: this supervisor itself).
     #[cfg(feature = "fault-injection")]
@@ -82,7 +228,7 @@ pub enum SupervisorMsg {
         /// What to do.
         fault: crate::fault::Fault,
         /// Result.
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), ControlError>>,
     },
 }
 
@@ -159,6 +305,7 @@ impl ChildHandle {
 
 #[derive(Debug)]
 struct ChildSlot {
+    id: ChildId,
     spec: ChildSpec,
     handle: Option<ChildHandle>,
     exit: ExitSlot,
@@ -169,6 +316,19 @@ struct ChildSlot {
 }
 
 impl ChildSlot {
+    fn new(id: ChildId, spec: ChildSpec) -> ChildSlot {
+        ChildSlot {
+            id,
+            spec,
+            handle: None,
+            exit: new_slot(),
+            starts: 0,
+            history: VecDeque::new(),
+            #[cfg(feature = "fault-injection")]
+            faults: Default::default(),
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self.spec.start {
             ChildStart::Process(_) => "process",
@@ -190,9 +350,10 @@ pub struct SupervisorState {
     slot: ExitSlot,
     policy: RestartPolicy,
     children: Vec<ChildSlot>,
-    by_actor: HashMap<ActorId, usize>,
+    by_actor: HashMap<ActorId, ChildId>,
     epoch: u64,
-    pending: Vec<usize>,
+    next_id: u64,
+    pending: Vec<ChildId>,
     cause: Option<TreeCause>,
     first_crash: Option<CrashRecord>,
 }
@@ -217,21 +378,15 @@ impl Actor for SupervisorActor {
         let children = spec
             .children
             .into_iter()
-            .map(|spec| ChildSlot {
-                spec,
-                handle: None,
-                exit: new_slot(),
-                starts: 0,
-                history: VecDeque::new(),
-                #[cfg(feature = "fault-injection")]
-                faults: Default::default(),
-            })
+            .zip(0..)
+            .map(|(spec, id)| ChildSlot::new(ChildId(id), spec))
             .collect::<Vec<_>>();
         let mut state = SupervisorState {
             path,
             ctx,
             slot,
             policy,
+            next_id: children.len() as u64,
             children,
             by_actor: HashMap::new(),
             epoch: 0,
@@ -253,6 +408,7 @@ impl Actor for SupervisorActor {
         match msg {
             SupervisorMsg::RestartDue { epoch, start } => {
                 if epoch == state.epoch && !state.policy.shutting_down() {
+                    let start = state.indices(&start);
                     state.start_batch(&myself, start).await;
                 }
             }
@@ -269,15 +425,23 @@ impl Actor for SupervisorActor {
                     let _ = reply.send(result);
                 }
             }
+            SupervisorMsg::AddChild { spec, index, reply } => {
+                let result = state.add_child(&myself, *spec, index).await;
+                if !reply.is_closed() {
+                    let _ = reply.send(result);
+                }
+            }
+            SupervisorMsg::RemoveChild { name, reply } => {
+                let result = state.remove_child(&name).await;
+                if !reply.is_closed() {
+                    let _ = reply.send(result);
+                }
+            }
             SupervisorMsg::UpdateChild { spec, reply } => {
-                let result = match state.children.iter().position(|c| c.spec.name == spec.name) {
-                    Some(idx) => {
-                        state.policy.set_child_policy(idx, spec.policy());
-                        state.children[idx].spec = *spec;
-                        Ok(())
-                    }
-                    None => Err(format!("no child {:?} under {}", spec.name, state.path)),
-                };
+                let result = state.find(&spec.name).map(|(idx, _)| {
+                    state.policy.set_child_policy(idx, spec.policy());
+                    state.children[idx].spec = *spec;
+                });
                 if !reply.is_closed() {
                     let _ = reply.send(result);
                 }
@@ -325,7 +489,8 @@ impl Actor for SupervisorActor {
             _ => return Ok(()),
         };
         // Children we stopped on purpose were forgotten first: their events end here.
-        let Some(idx) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
+        let Some(id) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
+        let Some(idx) = state.index_of(id) else { return Ok(()) };
         state.children[idx].handle = None;
         let termination = take_slot(&state.children[idx].exit).unwrap_or(fallback);
         state.child_down(&myself, idx, termination).await;
@@ -368,6 +533,23 @@ fn stop_budget(spec: &ChildSpec) -> Duration {
 impl SupervisorState {
     fn child_path(&self, idx: usize) -> String {
         format!("{}/{}", self.path, self.children[idx].spec.name)
+    }
+
+    fn index_of(&self, id: ChildId) -> Option<usize> {
+        self.children.iter().position(|c| c.id == id)
+    }
+
+    /// The current indices of `ids`, in order; removed children are skipped.
+    fn indices(&self, ids: &[ChildId]) -> Vec<usize> {
+        ids.iter().filter_map(|&id| self.index_of(id)).collect()
+    }
+
+    fn ids(&self, indices: &[usize]) -> Vec<ChildId> {
+        indices.iter().map(|&idx| self.children[idx].id).collect()
+    }
+
+    fn paths(&self, indices: &[usize]) -> Vec<String> {
+        indices.iter().map(|&idx| self.child_path(idx)).collect()
     }
 
     /// Keeps the earliest crash of the subtree (nested records arrive late, when the
@@ -423,10 +605,12 @@ impl SupervisorState {
                     self.record(idx, &termination, class);
                     return;
                 }
-                self.pending.extend(queue.drain(..));
+                let rest: Vec<usize> = queue.drain(..).collect();
+                self.pending.extend(self.ids(&rest));
                 let decision = self.child_down(myself, idx, termination).await;
                 if !matches!(decision, Decision::Restart { .. }) {
-                    queue.extend(self.pending.drain(..));
+                    let pending = std::mem::take(&mut self.pending);
+                    queue.extend(self.indices(&pending));
                 }
             }
         }
@@ -488,12 +672,12 @@ impl SupervisorState {
                     ChildHandle::Process(_) => Some(pid_cell.load(Ordering::Acquire)),
                     _ => None,
                 };
-                self.by_actor.insert(handle.cell().get_id(), idx);
+                self.by_actor.insert(handle.cell().get_id(), self.children[idx].id);
                 self.children[idx].handle = Some(handle);
                 let now = Instant::now();
                 self.policy.on_started(idx, now);
                 tracing::info!(child = %path, pid, "Started.");
-                self.ctx.observe(TreeEvent::Started { path, at: now, pid });
+                self.ctx.observe(TreeEvent::Started { path, at: self.ctx.at(now), pid });
                 Ok(())
             }
             Err(err) => Err(take_slot(&exit).unwrap_or_else(|| Termination::ActorFailed {
@@ -525,32 +709,37 @@ impl SupervisorState {
                 });
             }
         }
+        let at = self.ctx.at(now);
         self.ctx.observe(TreeEvent::Exited {
             path: path.clone(),
-            at: now,
+            at,
             termination: termination.clone(),
             class,
         });
         let decision = self.policy.on_exit(idx, class, now, self.ctx.jitter_draw());
-        self.ctx.observe(TreeEvent::Decided {
-            path: path.clone(),
-            at: now,
-            decision: decision.clone(),
-        });
         match &decision {
             Decision::Ignore => {}
             Decision::LeaveDown => {
                 tracing::warn!(child = %path, what = %termination.describe(), "Ended; not restarted.");
+                self.ctx.observe(TreeEvent::LeftDown { path: path.clone(), at });
             }
             Decision::Restart { stop, start, delay, attempt } => {
                 tracing::warn!(child = %path, what = %termination.describe(), ?delay, attempt, "Ended; restarting.");
+                self.ctx.observe(TreeEvent::Restarting {
+                    path: path.clone(),
+                    at,
+                    attempt: *attempt,
+                    delay: *delay,
+                    stop: self.paths(stop),
+                    start: self.paths(start),
+                });
                 for &sibling in stop {
                     self.stop_child(sibling).await;
                 }
-                let mut start = start.clone();
-                for idx in self.pending.drain(..) {
-                    if !start.contains(&idx) {
-                        start.push(idx);
+                let mut start = self.ids(start);
+                for id in self.pending.drain(..) {
+                    if !start.contains(&id) {
+                        start.push(id);
                     }
                 }
                 let epoch = self.epoch;
@@ -562,6 +751,11 @@ impl SupervisorState {
             }
             Decision::Shutdown { clean } => {
                 tracing::warn!(child = %path, what = %termination.describe(), "Significant child ended; shutting down.");
+                self.ctx.observe(TreeEvent::SignificantEnded {
+                    path: path.clone(),
+                    at,
+                    clean: *clean,
+                });
                 let cause = TreeCause::SignificantChildExited {
                     child: path.clone(),
                     clean: *clean,
@@ -571,6 +765,7 @@ impl SupervisorState {
             }
             Decision::Escalate => {
                 tracing::error!(child = %path, what = %termination.describe(), "Restart intensity exceeded; escalating.");
+                self.ctx.observe(TreeEvent::Escalated { path: path.clone(), at });
                 let cause = TreeCause::IntensityExceeded {
                     child: path.clone(),
                     readiness_timeout: matches!(termination, Termination::ReadinessTimeout { .. }),
@@ -587,6 +782,10 @@ impl SupervisorState {
         let Some(handle) = self.children[idx].handle.take() else { return };
         let cell = handle.cell();
         self.by_actor.remove(&cell.get_id());
+        self.ctx.observe(TreeEvent::Stopping {
+            path: self.child_path(idx),
+            at: self.ctx.at(Instant::now()),
+        });
         let budget = stop_budget(&self.children[idx].spec);
         if cell.stop_and_wait(None, Some(budget)).await.is_err() {
             tracing::error!(child = %self.child_path(idx), ?budget, "Did not stop in time; killing its actor.");
@@ -609,10 +808,14 @@ impl SupervisorState {
                 });
             }
         }
-        self.ctx.observe(TreeEvent::Stopped { path: self.child_path(idx), at: Instant::now() });
+        self.ctx.observe(TreeEvent::Stopped {
+            path: self.child_path(idx),
+            at: self.ctx.at(Instant::now()),
+        });
     }
 
-    fn find(&self, path: &str) -> Result<(usize, Option<String>), String> {
+    /// The direct child named by `path`'s first segment, and the rest of the path.
+    fn find(&self, path: &str) -> Result<(usize, Option<String>), ControlError> {
         let (head, rest) = match path.split_once('/') {
             Some((head, rest)) => (head, Some(rest.to_string())),
             None => (path, None),
@@ -621,72 +824,148 @@ impl SupervisorState {
             .iter()
             .position(|c| c.spec.name == head)
             .map(|idx| (idx, rest))
-            .ok_or_else(|| format!("no child {head:?} under {}", self.path))
+            .ok_or_else(|| ControlError::NoSuchChild { path: format!("{}/{head}", self.path) })
+    }
+
+    /// The running nested supervisor at `idx`, for a request that goes further down.
+    fn nested(&self, idx: usize) -> Result<ActorRef<SupervisorMsg>, ControlError> {
+        match &self.children[idx].handle {
+            Some(ChildHandle::Supervisor(sub)) => Ok(sub.clone()),
+            _ => Err(ControlError::WrongKind {
+                path: self.child_path(idx),
+                expected: "a running supervisor",
+            }),
+        }
+    }
+
+    fn refuse_if_shutting_down(&self) -> Result<(), ControlError> {
+        if self.policy.shutting_down() || self.ctx.shutdown_requested() {
+            return Err(ControlError::ShuttingDown { supervisor: self.path.clone() });
+        }
+        Ok(())
     }
 
     async fn restart_child(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         path: &str,
-    ) -> Result<(), String> {
-        if self.policy.shutting_down() {
-            return Err(format!("{} is shutting down; restart skipped", self.path));
-        }
+    ) -> Result<(), ControlError> {
+        self.refuse_if_shutting_down()?;
         let (idx, rest) = self.find(path)?;
         if let Some(rest) = rest {
-            let Some(ChildHandle::Supervisor(sub)) = &self.children[idx].handle else {
-                return Err(format!("{} is not a running supervisor", self.child_path(idx)));
-            };
+            let sub = self.nested(idx)?;
             return ractor::call_t!(
                 sub,
                 |reply| SupervisorMsg::RestartChild { path: rest, reply },
-                30_000
+                millis(NESTED_CALL)
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| call_error(&self.child_path(idx), NESTED_CALL, e))?;
         }
         self.stop_child(idx).await;
+        self.start_or_report(myself, idx).await
+    }
+
+    /// Starts child `idx` at once; a failed start goes through the policy like a crash.
+    async fn start_or_report(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        idx: usize,
+    ) -> Result<(), ControlError> {
         match self.start_child(myself, idx).await {
             Ok(()) => Ok(()),
             Err(termination) => {
                 let what = termination.describe();
+                let path = self.child_path(idx);
                 self.child_down(myself, idx, termination).await;
-                Err(format!("{} failed to start: {what}", self.child_path(idx)))
+                Err(ControlError::StartFailed { path, what })
             }
         }
     }
 
-    async fn reload_child(&mut self, path: &str) -> Result<String, String> {
+    /// Adds `spec` at `index` (the end by default) and starts it in place.
+    async fn add_child(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        spec: ChildSpec,
+        index: Option<usize>,
+    ) -> Result<(), ControlError> {
+        self.refuse_if_shutting_down()?;
+        if self.children.iter().any(|c| c.spec.name == spec.name) {
+            return Err(ControlError::DuplicateName {
+                path: format!("{}/{}", self.path, spec.name),
+            });
+        }
+        // The same checks as at start: a spec with only this child validates it alone.
+        SupervisorSpec::new(self.path.clone())
+            .child(spec.clone())
+            .validate()
+            .map_err(ControlError::InvalidSpec)?;
+        let len = self.children.len();
+        let idx = index.unwrap_or(len);
+        if idx > len {
+            return Err(ControlError::BadIndex { supervisor: self.path.clone(), index: idx, len });
+        }
+        let id = ChildId(self.next_id);
+        self.next_id += 1;
+        self.policy.insert_child(idx, spec.policy());
+        self.children.insert(idx, ChildSlot::new(id, spec));
+        let path = self.child_path(idx);
+        tracing::info!(child = %path, index = idx, "Added.");
+        self.ctx.observe(TreeEvent::Added { path, at: self.ctx.at(Instant::now()), index: idx });
+        self.start_or_report(myself, idx).await
+    }
+
+    /// Stops the direct child `name` as at shutdown, then forgets it.
+    async fn remove_child(&mut self, name: &str) -> Result<(), ControlError> {
+        let (idx, rest) = self.find(name)?;
+        if rest.is_some() {
+            return Err(ControlError::NoSuchChild { path: format!("{}/{name}", self.path) });
+        }
+        self.stop_child(idx).await;
+        let path = self.child_path(idx);
+        let removed = self.children.remove(idx);
+        self.policy.remove_child(idx);
+        self.pending.retain(|&id| id != removed.id);
+        tracing::info!(child = %path, "Removed.");
+        self.ctx.observe(TreeEvent::Removed { path, at: self.ctx.at(Instant::now()) });
+        Ok(())
+    }
+
+    async fn reload_child(&mut self, path: &str) -> Result<String, ControlError> {
         let (idx, rest) = self.find(path)?;
+        let child_path = self.child_path(idx);
         match (&self.children[idx].handle, rest, &self.children[idx].spec.start) {
             (Some(ChildHandle::Supervisor(sub)), Some(rest), _) => ractor::call_t!(
                 sub,
                 |reply| SupervisorMsg::ReloadChild { path: rest, reply },
-                30_000
+                millis(NESTED_CALL)
             )
-            .map_err(|e| e.to_string())?,
-            (Some(ChildHandle::Actor(cell)), None, ChildStart::Actor(factory)) => {
-                factory.reload(cell).await
-            }
-            (None, _, _) => Err(format!("{} is not running", self.child_path(idx))),
-            _ => Err(format!("{} is not a reloadable actor", self.child_path(idx))),
+            .map_err(|e| call_error(&child_path, NESTED_CALL, e))?,
+            (Some(ChildHandle::Actor(cell)), None, ChildStart::Actor(factory)) => factory
+                .reload(cell)
+                .await
+                .map_err(|reason| ControlError::Refused { path: child_path, reason }),
+            (None, _, _) => Err(ControlError::NotRunning { path: child_path }),
+            _ => Err(ControlError::WrongKind { path: child_path, expected: "a reloadable actor" }),
         }
     }
 
-    async fn signal_child(&mut self, path: &str, signal: i32) -> Result<bool, String> {
+    async fn signal_child(&mut self, path: &str, signal: i32) -> Result<bool, ControlError> {
         let (idx, rest) = self.find(path)?;
+        let child_path = self.child_path(idx);
         match (&self.children[idx].handle, rest) {
             (Some(ChildHandle::Supervisor(sub)), Some(rest)) => ractor::call_t!(
                 sub,
                 |reply| SupervisorMsg::SignalChild { path: rest, signal, reply },
-                5_000
+                millis(QUICK_CALL)
             )
-            .map_err(|e| e.to_string())?,
+            .map_err(|e| call_error(&child_path, QUICK_CALL, e))?,
             (Some(ChildHandle::Process(p)), None) => {
-                ractor::call_t!(p, |reply| ProcessMsg::Signal(signal, reply), 5_000)
-                    .map_err(|e| e.to_string())
+                ractor::call_t!(p, |reply| ProcessMsg::Signal(signal, reply), millis(QUICK_CALL))
+                    .map_err(|e| call_error(&child_path, QUICK_CALL, e))
             }
             (None, _) => Ok(false),
-            _ => Err(format!("{} is not a process", self.child_path(idx))),
+            _ => Err(ControlError::WrongKind { path: child_path, expected: "a process" }),
         }
     }
 
@@ -745,20 +1024,23 @@ impl SupervisorState {
     }
 
     #[cfg(feature = "fault-injection")]
-    async fn inject(&mut self, path: &str, fault: crate::fault::Fault) -> Result<(), String> {
+    async fn inject(&mut self, path: &str, fault: crate::fault::Fault) -> Result<(), ControlError> {
         use crate::fault::Fault;
         let (idx, rest) = self.find(path)?;
+        let child_path = self.child_path(idx);
         if let Some(rest) = rest {
-            let Some(ChildHandle::Supervisor(sub)) = &self.children[idx].handle else {
-                return Err(format!("{} is not a running supervisor", self.child_path(idx)));
-            };
+            let sub = self.nested(idx)?;
             return ractor::call_t!(
                 sub,
                 |reply| SupervisorMsg::Inject { path: rest, fault, reply },
-                30_000
+                millis(NESTED_CALL)
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| call_error(&child_path, NESTED_CALL, e))?;
         }
+        let refused = |reason: &str| ControlError::Refused {
+            path: child_path.clone(),
+            reason: reason.to_string(),
+        };
         let child = &mut self.children[idx];
         match (fault, &child.handle, &child.spec.start) {
             (Fault::FailNextExec, _, ChildStart::Process(_)) => {
@@ -770,31 +1052,35 @@ impl SupervisorState {
                 Ok(())
             }
             (Fault::Signal(signal), Some(ChildHandle::Process(p)), _) => {
-                let sent = ractor::call_t!(p, |reply| ProcessMsg::Signal(signal, reply), 5_000)
-                    .map_err(|e| e.to_string())?;
-                if sent { Ok(()) } else { Err("process already gone".into()) }
+                let sent = ractor::call_t!(
+                    p,
+                    |reply| ProcessMsg::Signal(signal, reply),
+                    millis(QUICK_CALL)
+                )
+                .map_err(|e| call_error(&child_path, QUICK_CALL, e))?;
+                if sent { Ok(()) } else { Err(refused("process already gone")) }
             }
-            (Fault::Panic, Some(ChildHandle::Process(p)), _) => {
-                p.send_message(ProcessMsg::Panic).map_err(|e| e.to_string())
-            }
+            (Fault::Panic, Some(ChildHandle::Process(p)), _) => p
+                .send_message(ProcessMsg::Panic)
+                .map_err(|_| ControlError::Unreachable { path: child_path.clone() }),
             (Fault::Panic, Some(ChildHandle::Supervisor(s)), _) => {
                 let s = s.clone();
                 ractor::call_t!(
                     s,
                     |reply| SupervisorMsg::Inject { path: String::new(), fault, reply },
-                    5_000
+                    millis(QUICK_CALL)
                 )
-                .map_err(|e| e.to_string())?
+                .map_err(|e| call_error(&child_path, QUICK_CALL, e))?
             }
             (Fault::Panic, Some(ChildHandle::Actor(cell)), ChildStart::Actor(factory)) => {
                 if factory.inject_panic(cell) {
                     Ok(())
                 } else {
-                    Err("this actor has no panic hook".into())
+                    Err(refused("this actor has no panic hook"))
                 }
             }
-            (_, None, _) => Err(format!("{} is not running", self.child_path(idx))),
-            (fault, _, _) => Err(format!("{fault:?} does not apply to {}", self.child_path(idx))),
+            (_, None, _) => Err(ControlError::NotRunning { path: child_path.clone() }),
+            (fault, _, _) => Err(refused(&format!("{fault:?} does not apply"))),
         }
     }
 }

@@ -32,6 +32,9 @@ pub enum Request {
     Reload,
     /// Graceful shutdown (like SIGTERM).
     Stop,
+    /// Follow the tree: the reply is a stream of tree events, one JSON object a line,
+    /// until the tree ends or the client leaves (no [`Reply`] is sent).
+    Events,
 }
 
 impl Request {

@@ -109,7 +109,7 @@ async fn shutdown_while_a_restart_is_scheduled_starts_nothing() {
         eventually(Duration::from_secs(5), || recorder
             .events()
             .iter()
-            .any(|e| matches!(e, TreeEvent::Decided { .. })))
+            .any(|e| matches!(e, TreeEvent::Restarting { .. })))
         .await
     );
     node.shutdown("test");

@@ -106,9 +106,16 @@ fn micros(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
-fn started_after(recorder: &Recorder, path: &str, after: Instant) -> Option<Instant> {
+/// The last start of `path` after `after`; `base` is the tree's start (event times count
+/// from it).
+fn started_after(
+    recorder: &Recorder,
+    path: &str,
+    base: Instant,
+    after: Instant,
+) -> Option<Instant> {
     recorder.events().into_iter().rev().find_map(|e| match e {
-        TreeEvent::Started { path: p, at, .. } if p == path && at > after => Some(at),
+        TreeEvent::Started { path: p, at, .. } if p == path && base + at > after => Some(base + at),
         _ => None,
     })
 }
@@ -125,9 +132,9 @@ fn current_pid(recorder: &Recorder, path: &str) -> i32 {
         .expect("pid")
 }
 
-async fn wait_started(recorder: &Recorder, path: &str, after: Instant) -> Instant {
+async fn wait_started(recorder: &Recorder, path: &str, base: Instant, after: Instant) -> Instant {
     loop {
-        if let Some(at) = started_after(recorder, path, after) {
+        if let Some(at) = started_after(recorder, path, base, after) {
             return at;
         }
         tokio::task::yield_now().await;
@@ -162,7 +169,7 @@ async fn runtime_bench(iterations: usize) {
         let t0 = Instant::now();
         // SIGKILL straight to the child, as an outside killer would.
         assert!(reaper.signal_group(pid, libc::SIGKILL).expect("kill"), "{pid} is supervised");
-        let at = wait_started(&recorder, "root/proc", t0).await;
+        let at = wait_started(&recorder, "root/proc", node.started_at(), t0).await;
         supervised.push(at - t0);
     }
 
@@ -198,7 +205,7 @@ async fn runtime_bench(iterations: usize) {
         // The supervisor's Started event comes after spawn_linked returned, so `latest`
         // is the replacement by the time wait_started saw it.
         echo.panic_latest();
-        let at = wait_started(&recorder, "root/actor", t0).await;
+        let at = wait_started(&recorder, "root/actor", node.started_at(), t0).await;
         let panicked = PANIC_AT.lock().unwrap().take().expect("panic time");
         actor.push(at - panicked);
     }
