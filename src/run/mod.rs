@@ -113,7 +113,10 @@ pub async fn run(request: RunRequest) -> RunOutcome {
     let signals = match signals {
         Ok((actor, _)) => actor,
         Err(e) => {
-            return early_failure(LaunchError::step("start", format!("cannot handle signals: {e}")));
+            return early_failure(LaunchError::step(
+                "start",
+                format!("cannot handle signals: {e}"),
+            ));
         }
     };
     let mut allocation = None;

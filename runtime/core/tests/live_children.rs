@@ -121,8 +121,8 @@ async fn a_crash_of_an_added_child_is_restarted_by_the_same_policy() {
     let mut events = node.subscribe();
     node.add_child(sleeper("late", "600"), None).await.expect("added");
     let first = pid_of(&node, "late").await.expect("pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::Signal::SIGKILL)
-        .expect("kill");
+    // SIGKILL from outside the tree (through the reaper, which checks the pid is ours).
+    assert!(node.reaper().signal_group(first, libc::SIGKILL).expect("kill"));
     let class = next_matching(&mut events, |e| match e {
         TreeEvent::Exited { path, class, .. } if path == "root/late" => Some(*class),
         _ => None,
@@ -193,8 +193,7 @@ async fn rest_for_one_and_shutdown_order_follow_the_new_child_order() {
 
     // a crashes: b (added) and c restart after it, stopped in reverse order first.
     let a = pid_of(&node, "a").await.expect("pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(a), nix::sys::signal::Signal::SIGKILL)
-        .expect("kill");
+    assert!(node.reaper().signal_group(a, libc::SIGKILL).expect("kill"));
     let (stop, start) = next_matching(&mut events, |e| match e {
         TreeEvent::Restarting { path, stop, start, .. } if path == "root/a" => {
             Some((stop.clone(), start.clone()))
