@@ -8,11 +8,14 @@
 //! - [`launch`]: launch steps as actors under one supervisor, torn down in reverse.
 //! - [`state`]: the per-bottle state folders and the allocation lock.
 //! - [`manage`]: `ps`, `stop`, `cleanup` over the state folders.
-//! - [`demo`]: the fake API `bottle demo` routes to.
+//! - [`run`]: `bottle run` on the local backend.
+//! - [`doctor`]: which backends work here.
+//! - [`demo`]: the real-bottle demo and its fake API.
 
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod doctor;
 pub mod exit;
 pub mod launch;
 pub mod manage;

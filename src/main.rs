@@ -1,13 +1,15 @@
-//! `bottle`, the host launcher. For now: `demo` (a small supervision tree where one
-//! daemon crashes and is restarted), `proxy` (the egress firewall with pipelock on its
-//! own) and the approval queue (`approvals`, `approve`, `reject`). Thin main: parse, run, map the
-//! outcome to an exit code (only here).
+//! `bottle`, the host launcher: `run` (a bottle on the local backend), `demo` (a real
+//! bottle against a fake API), `ps`, `logs`, `exec`, `stop`, `cleanup`, `doctor`, `proxy`
+//! (the egress firewall on its own), the approval queue (`approvals`, `approve`,
+//! `reject`) and `tree-demo` (a supervision tree). Thin main: parse, call the library,
+//! print, and map the outcome to an exit code (only here).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod approvals;
+mod commands;
 mod proxy;
 mod tree_demo;
 
@@ -21,9 +23,56 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a bottle: the agent command in a sandbox whose only way out is the sidecar.
+    Run(commands::RunArgs),
+    /// Launch a real bottle against a fake API on this machine and show, from inside,
+    /// what the sidecar allows and refuses (no Docker, no network needed).
+    Demo,
+    /// List bottles (running and dead ones; `--all` adds exited ones).
+    Ps {
+        /// Include exited bottles.
+        #[arg(long)]
+        all: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a bottle's sidecar log.
+    Logs {
+        /// The bottle's id (from `bottle ps`).
+        id: String,
+        /// Keep printing as the log grows, until the bottle ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Run another command in a running bottle, with the same confinement.
+    Exec {
+        /// The bottle's id.
+        id: String,
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop a running bottle (its launcher tears it down).
+    Stop {
+        /// The bottle's id.
+        id: String,
+    },
+    /// Remove what crashed launches left behind (processes, state); nothing else.
+    Cleanup {
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Which backends work on this machine, and for each that does not, why and how to fix it.
+    Doctor {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a demo supervision tree: a daemon crashes and is restarted, an in-process
     /// actor and a nested supervisor run beside it; then a graceful shutdown.
-    Demo {
+    TreeDemo {
         /// How long to let the tree run before shutting it down (Ctrl-C stops sooner).
         #[arg(long, default_value_t = 7)]
         seconds: u64,
@@ -89,7 +138,15 @@ fn main() -> ExitCode {
         };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Demo { seconds, json } => tree_demo::run(seconds, json).await,
+            Command::Run(args) => commands::run(args).await,
+            Command::Demo => commands::demo().await,
+            Command::Ps { all, json } => commands::ps(all, json),
+            Command::Logs { id, follow } => commands::logs(&id, follow).await,
+            Command::Exec { id, command } => commands::exec(&id, command).await,
+            Command::Stop { id } => commands::stop(&id).await,
+            Command::Cleanup { dry_run } => commands::cleanup(dry_run),
+            Command::Doctor { json } => commands::doctor(json).await,
+            Command::TreeDemo { seconds, json } => tree_demo::run(seconds, json).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::Approvals { dir, all, json } => approvals::list(&dir, all, json),
             Command::Approve { id, dir, reason } => {

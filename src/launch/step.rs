@@ -95,6 +95,11 @@ pub struct Interrupt {
 }
 
 impl Interrupt {
+    /// An interrupt that reaches no launch (for commands that only need the signals).
+    pub fn unconnected() -> Interrupt {
+        Interrupt { tx: watch::channel(false).0 }
+    }
+
     /// Interrupts the running step. Teardown is not affected: it always runs to the end.
     pub fn fire(&self) {
         self.tx.send_replace(true);

@@ -14,8 +14,6 @@ pub mod signals;
 pub mod tty;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use bottle_local::{AgentStdio, LocalSandbox, ReadOnlyBind, SandboxHandle, SandboxSpec, Workspace};
@@ -98,20 +96,8 @@ pub async fn run(request: RunRequest) -> RunOutcome {
         Ok(launch) => launch,
         Err(e) => return early_failure(e),
     };
-    let (resized_tx, resized) = tokio::sync::watch::channel(0u64);
-    let signals = ractor::Actor::spawn(
-        None,
-        signals::LauncherSignals,
-        signals::SignalArgs {
-            reaper: reaper.clone(),
-            interrupt: launch.interrupt(),
-            resized: resized_tx,
-            interrupts: Arc::new(AtomicU32::new(0)),
-        },
-    )
-    .await;
-    let signals = match signals {
-        Ok((actor, _)) => actor,
+    let (signals, resized) = match signals::start(reaper.clone(), launch.interrupt()).await {
+        Ok(started) => started,
         Err(e) => {
             return early_failure(LaunchError::step(
                 "start",

@@ -190,6 +190,7 @@ impl Step for StartSidecar {
             env: vec![
                 ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
                 ("BOTTLE_INIT_LOG".into(), "info,ractor=warn".into()),
+                ("NO_COLOR".into(), "1".into()),
             ],
             cwd: Some(plan.state_dir.clone()),
             capture_output: true,

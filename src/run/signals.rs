@@ -93,3 +93,15 @@ impl Actor for LauncherSignals {
 fn libc_sigwinch() -> i32 {
     nix::sys::signal::Signal::SIGWINCH as i32
 }
+
+/// Starts the signal actor: from now on SIGCHLD reaps and the first SIGINT/SIGTERM fires
+/// `interrupt`. The returned receiver changes on every SIGWINCH.
+pub async fn start(
+    reaper: Reaper,
+    interrupt: Interrupt,
+) -> Result<(ActorRef<LauncherSignal>, watch::Receiver<u64>), ractor::SpawnErr> {
+    let (resized, rx) = watch::channel(0u64);
+    let args = SignalArgs { reaper, interrupt, resized, interrupts: Arc::new(AtomicU32::new(0)) };
+    let (actor, _) = Actor::spawn(None, LauncherSignals, args).await?;
+    Ok((actor, rx))
+}
