@@ -23,7 +23,7 @@ fn egress(config: Option<&toml::Table>) -> Result<Arc<dyn ActorFactory>, String>
     let settings: bottle_egress::EgressSettings = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| format!("egress config: {}", e.message()))?;
-    Ok(Arc::new(bottle_egress::EgressFactory { settings }))
+    Ok(Arc::new(bottle_egress::EgressFactory::new(settings, bottle_egress::Secrets::new())))
 }
 
 /// Names of the builtins in this build.

@@ -35,7 +35,7 @@ async fn the_builtin_egress_serves_reloads_on_sighup_and_keeps_the_old_table_on_
     std::fs::write(
         dir.join("init.toml"),
         format!(
-            "control_socket = \"{d}/ctl.sock\"\n[[daemon]]\nname = \"egress\"\nbuiltin = \"egress\"\nsignificant = true\n[daemon.config]\nroutes = \"{r}\"\nlisten = \"127.0.0.1:{port}\"\nca_out = \"{d}/ca\"\n",
+            "control_socket = \"{d}/ctl.sock\"\n[[daemon]]\nname = \"egress\"\nbuiltin = \"egress\"\nsignificant = true\n[daemon.config]\nroutes = \"{r}\"\nlisten = {{ addr = \"127.0.0.1:{port}\" }}\nca_out = \"{d}/ca\"\n",
             d = dir.0.display(),
             r = routes.display()
         ),
