@@ -294,7 +294,6 @@ fn readiness(ready: Option<&ReadyConfig>, location: &str) -> Result<Readiness> {
 mod tests {
     use bottle_protocol::egress::{EgressSettings, Listen};
     use bottle_protocol::init::Builtin;
-    use bottle_protocol::secrets::Secret;
     use bottle_runtime::policy::{RestartType, Strategy};
 
     use super::*;
@@ -462,27 +461,6 @@ mod tests {
         let spec = read.to_spec(&BTreeMap::new(), None, &Secrets::new()).unwrap();
         assert!(matches!(spec.children[0].start, ChildStart::Actor(_)));
         assert!(matches!(spec.children[1].start, ChildStart::Process(_)));
-    }
-
-    #[test]
-    fn egress_refuses_secrets_it_would_not_see_until_its_constructor_takes_them() {
-        let config = InitConfig {
-            daemon: vec![DaemonConfig::builtin(
-                "egress",
-                Builtin::Egress(EgressSettings::new("/r.yaml")),
-            )],
-            ..InitConfig::default()
-        };
-        let mut secrets = Secrets::new();
-        secrets.insert("BOTTLE_TEST_NOT_IN_ENV_TOKEN", Secret::new("sk-from-a-pipe"));
-        let err = crate::chain(
-            &config.to_spec(&BTreeMap::new(), None, &secrets).map(|_| ()).unwrap_err(),
-        );
-        assert!(
-            err.contains("`daemon[0].builtin.egress`") && err.contains("newer egress"),
-            "{err}"
-        );
-        assert!(!err.contains("sk-from-a-pipe"), "{err}");
     }
 
     #[test]

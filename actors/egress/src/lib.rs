@@ -19,7 +19,10 @@ pub mod routes;
 pub mod sni;
 mod websocket;
 
-pub use actor::{EgressActor, EgressFactory, EgressMsg, EgressSettings, approval_store_name};
+pub use actor::{
+    ClientFiles, EgressActor, EgressArgs, EgressFactory, EgressInfo, EgressMsg, EgressSettings,
+    Limits, Listen, Secret, Secrets, Standalone, start_standalone,
+};
 pub use dlp::DlpConfig;
 pub use proxy::{Egress, EgressConfig, EgressError, Placeholders};
 

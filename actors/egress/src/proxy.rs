@@ -128,6 +128,42 @@ pub enum EgressError {
     /// pipelock's rules did not compile.
     #[error("dlp: {0}")]
     Dlp(String),
+    /// The routes file could not be read.
+    #[error("cannot read the routes file {path:?}")]
+    RoutesFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The routes file is invalid (the message names the key, route or secret).
+    #[error(transparent)]
+    Routes(#[from] crate::routes::RoutesError),
+    /// A file for clients (`ca.pem`, `bundle.pem`, `placeholders.env`) could not be written.
+    #[error("cannot write {path:?}")]
+    ClientFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The approval queue could not be opened.
+    #[error("approval queue: {0}")]
+    Approvals(#[from] bottle_pipelock::approvals::ApprovalError),
+    /// The listening socket could not be bound or adopted.
+    #[error("cannot listen on {listen}")]
+    Listen {
+        /// The address or inherited descriptor.
+        listen: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The proxy actor did not start or did not answer.
+    #[error("egress actor: {0}")]
+    Actor(String),
 }
 
 /// How the proxy runs.
@@ -286,6 +322,12 @@ fn live(
     })
 }
 
+/// The machine's trust store (honouring `SSL_CERT_FILE` and `SSL_CERT_DIR`): what the
+/// proxy trusts upstream, and what `bundle.pem` gives clients next to the bottle CA.
+pub(crate) fn machine_roots() -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    rustls_native_certs::load_native_certs().certs
+}
+
 impl Egress {
     /// A proxy over `table`, intercepting with `ca`.
     pub fn new(
@@ -303,8 +345,7 @@ impl Egress {
             .with_cert_resolver(ca.resolver());
         server_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
+        for cert in machine_roots() {
             let _ = roots.add(cert);
         }
         if let Some(path) = &config.upstream_ca {

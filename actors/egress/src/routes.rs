@@ -3,8 +3,9 @@
 //!
 //! Hazard: a lenient parser turns a typo into an open door (`method` instead of
 //! `methods` would match everything) and a token value into a log line. Unknown keys are
-//! errors that name the key; every regex compiles at load; `token_ref` names a host
-//! environment variable resolved at load, and errors name the variable, never its value.
+//! errors that name the key; every regex compiles at load; `token_ref` names a secret the
+//! caller resolved and passes in (never the process environment), and errors name the
+//! secret, never its value.
 //! `role` is reserved and refused, as in the reference system.
 
 use std::collections::HashMap;
@@ -120,7 +121,7 @@ pub enum AuthScheme {
 pub struct AuthSpec {
     /// The scheme.
     pub scheme: AuthScheme,
-    /// Name of the host environment variable holding the real token.
+    /// Name of the secret holding the real token (the caller resolves it).
     pub token_ref: String,
     /// Header name, for `scheme: header`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,7 +282,7 @@ pub struct Route {
     path_regexes: HashMap<(usize, usize), regex::Regex>,
     /// Compiled header regexes, by (match index, header index).
     header_regexes: HashMap<(usize, usize), regex::Regex>,
-    /// The real token, resolved from the environment at load. Never serialized.
+    /// The real token, resolved from the given secrets at load. Never serialized.
     token: Option<String>,
     /// The DLP policy, defaults filled in.
     dlp: RouteDlp,
@@ -342,6 +343,20 @@ impl RouteTable {
             table.routes.push(route);
         }
         Ok(table)
+    }
+
+    /// The `token_ref` names `text` uses, each once, in file order, without resolving
+    /// them: what a caller must look up before [`RouteTable::parse`].
+    pub fn token_refs(text: &str) -> Result<Vec<String>, RoutesError> {
+        let file: RoutesFile = serde_saphyr::from_str(text)
+            .map_err(|e| RoutesError::Parse(first_line(&e.to_string())))?;
+        let mut names: Vec<String> = Vec::new();
+        for auth in file.routes.into_iter().filter_map(|r| r.auth) {
+            if !names.contains(&auth.token_ref) {
+                names.push(auth.token_ref);
+            }
+        }
+        Ok(names)
     }
 
     /// The route for `host` (already normalized).
@@ -501,7 +516,7 @@ fn compile(spec: RouteSpec, env: &dyn Fn(&str) -> Option<String>) -> Result<Rout
             }
             // The name only, never the value.
             let value = env(&auth.token_ref).filter(|v| !v.is_empty()).ok_or_else(|| {
-                bad(format!("token_ref {:?} is not set in the host environment", auth.token_ref))
+                bad(format!("token_ref {:?} is not set (no secret by that name)", auth.token_ref))
             })?;
             Some(value)
         }
@@ -646,7 +661,12 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("MISSING_VAR"), "{err}");
+        assert!(err.contains("MISSING_VAR") && err.contains("not set"), "{err}");
+        let refs = RouteTable::token_refs(
+            "routes:\n  - host: a.example\n    auth: {scheme: token, token_ref: A}\n  - host: b.example\n    auth: {scheme: token, token_ref: A}\n  - host: c.example\n",
+        )
+        .unwrap();
+        assert_eq!(refs, ["A"]);
         let json = t.to_public_json().to_string();
         assert!(!json.contains("ghp_realsecretvalue") && json.contains("GH_TOKEN"), "{json}");
     }

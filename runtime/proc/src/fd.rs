@@ -1,4 +1,5 @@
-//! Small /proc readers used by the reaper's sweep and by leak tests.
+//! Small /proc readers used by the reaper's sweep and by leak tests, and the adoption of
+//! an inherited listening socket (a descriptor with two owners is closed twice).
 
 use crate::Pid;
 
@@ -76,10 +77,63 @@ pub fn take_inherited(fd: std::os::fd::RawFd) -> std::io::Result<std::os::fd::Ow
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
+/// Takes ownership of an inherited, already listening TCP socket by its descriptor number
+/// (the launcher creates it inside the agent's network namespace and passes it down).
+///
+/// Refused, with the reason: a number that is not open, not a socket, not TCP, not
+/// listening, or already adopted in this process (two owners would close it twice). The
+/// descriptor is marked close-on-exec so it never reaches a child. The caller must not
+/// own it otherwise: it is inherited, or was given up with `into_raw_fd`.
+pub fn adopt_listener(fd: std::os::fd::RawFd) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let refuse = |why: &str| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("fd {fd}: {why}"))
+    };
+    if fd < 0 {
+        return Err(refuse("not a descriptor number"));
+    }
+    let mut adopted = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+    if adopted.contains(&fd) {
+        return Err(refuse("already adopted by this process"));
+    }
+    // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags; any number is allowed.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(refuse("not open"));
+    }
+    let int_opt = |level, name| -> std::io::Result<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: value and len point to live locals of the sizes getsockopt is told.
+        let rc =
+            unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &raw mut len) };
+        if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(value) }
+    };
+    let domain = int_opt(libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|_| refuse("not a socket"))?;
+    if domain != libc::AF_INET && domain != libc::AF_INET6 {
+        return Err(refuse("not an IPv4 or IPv6 socket"));
+    }
+    if int_opt(libc::SOL_SOCKET, libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return Err(refuse("not a TCP socket"));
+    }
+    if int_opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 1 {
+        return Err(refuse("not listening"));
+    }
+    // SAFETY: F_SETFD on a descriptor checked open above; only its close-on-exec flag changes.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    adopted.insert(fd);
+    // SAFETY: the descriptor is open, is a listening TCP socket, and the TAKEN set
+    // guarantees this is its only owner in the process (it was inherited, not opened by
+    // Rust code here, and is adopted once).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(std::net::TcpListener::from(owned))
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
-    use std::os::fd::IntoRawFd;
+    use std::os::fd::{AsRawFd, IntoRawFd};
 
     use super::*;
 
@@ -98,5 +152,25 @@ mod tests {
         assert!(take_inherited(1).unwrap_err().to_string().contains("stdin, stdout or stderr"));
         let closed = take_inherited(100_000).unwrap_err();
         assert_eq!(closed.raw_os_error(), Some(libc::EBADF), "{closed}");
+    }
+
+    #[test]
+    fn a_listening_socket_is_adopted_once_and_anything_else_is_refused_with_the_reason() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fd = listener.into_raw_fd();
+        let adopted = adopt_listener(fd).unwrap();
+        assert_eq!(adopted.local_addr().unwrap(), addr);
+        let again = adopt_listener(fd).unwrap_err();
+        assert!(again.to_string().contains("already adopted"), "{again}");
+
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let err = adopt_listener(file.as_raw_fd()).unwrap_err();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let err = adopt_listener(udp.as_raw_fd()).unwrap_err();
+        assert!(err.to_string().contains("not a TCP socket"), "{err}");
+        let err = adopt_listener(1_000_000).unwrap_err();
+        assert!(err.to_string().contains("not open"), "{err}");
     }
 }

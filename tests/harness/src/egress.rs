@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bottle_ca::{CaConfig, CertificateAuthority};
-use bottle_egress::routes::RouteTable;
-use bottle_egress::{Egress, EgressConfig, Placeholders};
+use bottle_egress::{
+    Egress, EgressArgs, EgressInfo, EgressMsg, EgressSettings, Listen, Placeholders, Secret,
+    Secrets,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
@@ -175,7 +177,8 @@ impl Upstream {
     }
 }
 
-/// A proxy running in this process.
+/// A proxy running in this process, assembled exactly as `bottle proxy` and the
+/// builtin assemble it ([`bottle_egress::start_standalone`]). Stopped on drop.
 #[derive(Debug)]
 pub struct Proxy {
     /// Where it listens.
@@ -186,56 +189,68 @@ pub struct Proxy {
     pub ca: Arc<CertificateAuthority>,
     /// Placeholders handed to the agent.
     pub placeholders: Placeholders,
-    /// Temporary files (CA PEMs).
+    /// The actor (reload, stop, its approval store's name in `info`).
+    pub actor: ractor::ActorRef<EgressMsg>,
+    /// What the actor reported at start.
+    pub info: EgressInfo,
+    /// Temporary files (routes, CA PEMs, the client files).
     pub dir: crate::external::TempDir,
 }
 
+/// Secrets from `(name, value)` pairs.
+pub fn secrets(pairs: &[(&str, &str)]) -> Secrets {
+    pairs.iter().map(|(k, v)| (k.to_string(), Secret::new(*v))).collect()
+}
+
 impl Proxy {
-    /// Starts a proxy over `routes`, trusting `upstream_ca` (PEM) for upstreams.
-    pub async fn start(routes: &str, env: &[(&str, &str)], upstream_ca: Option<&str>) -> Proxy {
-        Proxy::start_with(routes, env, upstream_ca, EgressConfig::default()).await
+    /// Starts a proxy over `routes` with these secrets, trusting `upstream_ca` (PEM) for
+    /// upstreams.
+    pub async fn start(routes: &str, secrets: &[(&str, &str)], upstream_ca: Option<&str>) -> Proxy {
+        Proxy::start_with(routes, secrets, upstream_ca, |_| {}).await
     }
 
-    /// Like [`Proxy::start`] with `config` (its `upstream_ca` is set here).
+    /// Like [`Proxy::start`]; `tune` may change the arguments (approvals, limits) before
+    /// the start. Listens on a free loopback port and writes the client files to `dir`.
     pub async fn start_with(
         routes: &str,
-        env: &[(&str, &str)],
+        secret_pairs: &[(&str, &str)],
         upstream_ca: Option<&str>,
-        config: EgressConfig,
+        tune: impl FnOnce(&mut EgressArgs),
     ) -> Proxy {
-        let env: Vec<(String, String)> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let table = RouteTable::parse(routes, &|name| {
-            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-        })
-        .unwrap();
-        let ca = Arc::new(
-            CertificateAuthority::mint(CaConfig {
-                permitted: table.bumped_hosts(),
-                ..CaConfig::default()
-            })
-            .unwrap(),
-        );
         let dir = crate::external::TempDir::new("egress");
-        std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
-        let upstream_ca_path = upstream_ca.map(|pem| {
+        let routes_file = dir.join("routes.yaml");
+        std::fs::write(&routes_file, routes).unwrap();
+        let mut settings = EgressSettings::new(&routes_file);
+        settings.listen = Listen::Addr(SocketAddr::from(([127, 0, 0, 1], 0)));
+        settings.ca_out = Some(dir.0.clone());
+        settings.upstream_ca = upstream_ca.map(|pem| {
             let path = dir.join("upstream-ca.pem");
             std::fs::write(&path, pem).unwrap();
             path
         });
-        let placeholders = Placeholders::generate(&table);
-        let config = EgressConfig { upstream_ca: upstream_ca_path, ..config };
-        let egress = Egress::new(table, ca.clone(), placeholders.clone(), config).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let serving = egress.clone();
-        tokio::spawn(async move { serving.serve(listener).await });
-        Proxy { addr, egress, ca, placeholders, dir }
+        let mut args = EgressArgs::new(settings, secrets(secret_pairs));
+        tune(&mut args);
+        Proxy::from_args(args, dir).await
+    }
+
+    /// Starts a proxy from prepared arguments; `dir` is kept for the proxy's lifetime.
+    pub async fn from_args(args: EgressArgs, dir: crate::external::TempDir) -> Proxy {
+        let started = bottle_egress::start_standalone(args).await.unwrap();
+        let info = started.info;
+        Proxy {
+            addr: info.listening,
+            egress: info.egress.clone(),
+            ca: info.ca.clone(),
+            placeholders: info.placeholders.clone(),
+            actor: started.actor,
+            info,
+            dir,
+        }
     }
 
     /// Path of the proxy CA's certificate.
     pub fn ca_file(&self) -> std::path::PathBuf {
-        self.dir.join("ca.pem")
+        self.info.files.as_ref().map_or_else(|| self.dir.join("ca.pem"), |f| f.ca.clone())
     }
 
     /// Runs curl through the proxy; returns (HTTP status or 0, body, stderr).
@@ -319,6 +334,12 @@ impl Proxy {
     }
 }
 
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.actor.stop(None);
+    }
+}
+
 /// Runs curl through the proxy at `addr`, trusting `ca`; returns (HTTP status or 0,
 /// body, stderr).
 #[allow(clippy::disallowed_methods)] // curl is a client under test; no reaper here
@@ -355,4 +376,46 @@ pub async fn curl_via(
     })
     .await
     .unwrap_or((0, String::new(), "curl task failed".into()))
+}
+
+/// A parent for builtin egress actors in tests: it only watches (bottle-init's
+/// supervisor decides restarts; here a failure just ends the child).
+#[derive(Debug)]
+pub struct Parent;
+
+impl ractor::Actor for Parent {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _: ractor::ActorRef<()>,
+        _: (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ractor::ActorRef<()>,
+        _: ractor::SupervisionEvent,
+        _: &mut (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+/// Starts the builtin `egress` from `factory` exactly as bottle-init's supervisor does
+/// (`ActorFactory::spawn_linked`), under a fresh [`Parent`]; returns the actor, what it
+/// serves, and the parent.
+pub async fn builtin(
+    factory: &bottle_egress::EgressFactory,
+) -> (ractor::ActorRef<EgressMsg>, EgressInfo, ractor::ActorRef<()>) {
+    use bottle_runtime::spec::ActorFactory;
+    let (parent, _) = ractor::Actor::spawn(None, Parent, ()).await.unwrap();
+    let cell = factory.spawn_linked("egress".into(), parent.get_cell()).await.unwrap();
+    let actor: ractor::ActorRef<EgressMsg> = cell.into();
+    let info = ractor::call_t!(actor, EgressMsg::Describe, 5_000).unwrap();
+    (actor, info, parent)
 }

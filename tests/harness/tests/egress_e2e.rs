@@ -578,3 +578,118 @@ async fn a_real_git_client_cannot_push_through_egress_and_fetches_only_where_all
         "{records:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builtin_injects_the_secrets_it_is_given_and_accepts_on_an_inherited_fd() {
+    use std::os::fd::IntoRawFd;
+    const NAME: &str = "BOTTLE_TEST_BUILTIN_TOKEN";
+    const TOKEN: &str = "builtin-real-token-0123456789";
+    // The token reaches the proxy only through the secrets map.
+    assert!(std::env::var_os(NAME).is_none());
+    let http = Upstream::http().await;
+    let dir = bottle_tests::external::TempDir::new("builtin-fd");
+    let routes = dir.join("routes.yaml");
+    std::fs::write(
+        &routes,
+        format!(
+            "routes:\n  - host: plain.test\n    connect: \"{}\"\n    auth: {{scheme: Bearer, token_ref: {NAME}, plaintext: true}}\n",
+            http.addr
+        ),
+    )
+    .unwrap();
+    // A listening socket the "launcher" made, handed down by number.
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let fd = socket.into_raw_fd();
+    let settings = bottle_egress::EgressSettings {
+        listen: bottle_egress::Listen::Fd(fd),
+        ca_out: Some(dir.join("out")),
+        ..bottle_egress::EgressSettings::new(&routes)
+    };
+    let factory = bottle_egress::EgressFactory::new(
+        settings,
+        bottle_tests::egress::secrets(&[(NAME, TOKEN)]),
+    );
+    let (actor, info, _parent) = bottle_tests::egress::builtin(&factory).await;
+    assert_eq!(info.listening, addr);
+    let ca = dir.join("out").join("ca.pem");
+    let get = || bottle_tests::egress::curl_via(addr, ca.clone(), &["http://plain.test/api/x"]);
+    let (code, body, err) = get().await;
+    assert_eq!(code, 200, "{body} {err}");
+    assert_eq!(header_values(&json(&body), "authorization"), vec![format!("Bearer {TOKEN}")]);
+
+    // The same client files as `bottle proxy` writes: the CA, a whole trust store ending
+    // with it, and the agent's placeholders (never the token).
+    let files = info.files.clone().unwrap();
+    assert_eq!(std::fs::read_to_string(&files.ca).unwrap(), info.ca.cert_pem());
+    let bundle = std::fs::read_to_string(&files.bundle).unwrap();
+    assert!(bundle.ends_with(info.ca.cert_pem()), "the bundle does not end with the CA");
+    assert!(bundle.matches("BEGIN CERTIFICATE").count() > 1, "no machine roots in the bundle");
+    let env = std::fs::read_to_string(&files.placeholders).unwrap();
+    assert!(env.starts_with(&format!("{NAME}=bottle-placeholder-")), "{env}");
+    assert!(!env.contains(TOKEN) && !bundle.contains(TOKEN));
+
+    // A restart (the supervisor starting the factory again) accepts on the same socket.
+    actor.stop(None);
+    let stopped = || actor.get_status() == ractor::ActorStatus::Stopped;
+    assert!(bottle_tests::eventually(Duration::from_secs(5), stopped).await);
+    let (again, info, _parent) = bottle_tests::egress::builtin(&factory).await;
+    assert_eq!(info.listening, addr);
+    let (code, body, err) = get().await;
+    assert_eq!(code, 200, "after a restart: {body} {err}");
+    again.stop(None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bottle_proxy_resolves_its_secrets_prints_the_client_environment_and_writes_the_files() {
+    use bottle_tests::external::{Guarded, TempDir, command, wait_until};
+    let http = Upstream::http().await;
+    let dir = TempDir::new("bottle-proxy");
+    let routes = dir.join("routes.yaml");
+    std::fs::write(
+        &routes,
+        format!(
+            "routes:\n  - host: plain.test\n    connect: \"{}\"\n    auth: {{scheme: Bearer, token_ref: CLI_TOKEN, plaintext: true}}\n",
+            http.addr
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let out = dir.join("out");
+    let mut cmd = command(bottle_tests::sibling_binary("bottle"));
+    cmd.args(["proxy", "--routes"])
+        .arg(&routes)
+        .args(["--listen", &listen.to_string(), "--ca-out"])
+        .arg(&out)
+        .env("CLI_TOKEN", API_TOKEN);
+    let proxy = Guarded::spawn(&mut cmd);
+    let env_file = out.join("placeholders.env");
+    let ready = tokio::task::spawn_blocking(move || {
+        wait_until(Duration::from_secs(10), || {
+            env_file.exists() && std::net::TcpStream::connect(listen).is_ok()
+        })
+    });
+    assert!(ready.await.unwrap(), "bottle proxy did not start");
+    let (code, body, err) =
+        bottle_tests::egress::curl_via(listen, out.join("ca.pem"), &["http://plain.test/api/x"])
+            .await;
+    assert_eq!(code, 200, "{body} {err}");
+    assert_eq!(header_values(&json(&body), "authorization"), vec![format!("Bearer {API_TOKEN}")]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(proxy.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (status, stdout, stderr) =
+        tokio::task::spawn_blocking(move || proxy.wait(Duration::from_secs(10))).await.unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?} {stderr}");
+    assert!(stdout.contains(&format!("export HTTPS_PROXY=http://{listen}\n")), "{stdout}");
+    let bundle = out.join("bundle.pem");
+    assert!(stdout.contains(&format!("export SSL_CERT_FILE={}\n", bundle.display())), "{stdout}");
+    assert!(stdout.contains("export CLI_TOKEN=bottle-placeholder-"), "{stdout}");
+    let written = std::fs::read_to_string(out.join("placeholders.env")).unwrap();
+    assert!(stdout.contains(&format!("export {}", written.trim())), "{stdout} / {written}");
+    assert!(bundle.exists());
+    assert!(!stdout.contains(API_TOKEN) && !stderr.contains(API_TOKEN), "the token leaked");
+}
