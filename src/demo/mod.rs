@@ -54,11 +54,11 @@ pub const TOKEN_VAR: &str = "DEMO_API_TOKEN";
 const AGENT_SCRIPT: &str = r#"
 row() { printf '  %-44s %s\n' "$1" "$2"; }
 first() { head -c 200 "$1" | tr '\r\n' '  ' | cut -c1-70; }
-ask() { code=$(curl -sS -o /tmp/body -w '%{http_code}' "$@" 2>/tmp/err) || true; [ -n "$code" ] || code=000; }
+ask() { rm -f /tmp/body /tmp/err; code=$(curl -sS -o /tmp/body -w '%{http_code}' "$@" 2>/tmp/err) || true; [ -s /tmp/body ] || cp /tmp/err /tmp/body; }
 echo "Inside bottle $(hostname):"
 ask https://api.demo.test/whoami
 row "GET api.demo.test/whoami (routed, injected)" "$code $(first /tmp/body)"
-ask https://unlisted.demo.test/
+ask http://unlisted.demo.test/
 row "GET unlisted.demo.test (no route)" "$code $(first /tmp/body)"
 ask -X POST --data "note=deploy key ${FAKE_SECRET}" https://api.demo.test/notes
 row "POST a GitHub token in the body" "$code $(first /tmp/body)"
