@@ -8,6 +8,9 @@
 //!
 //!     cargo run --release -p bottle-tests --bin bottle-bench -- pipelock
 //!
+//!     cargo build --release -p bottle -p bottle-init -p bottle-local --bins && \
+//!         cargo run --release -p bottle-tests --bin bottle-bench -- launch [--iterations N]
+//!
 //! `pipelock`: scanner throughput on 1 MB of clean text, 1 MB of JSON and a real source
 //! tree, against a single-literal memchr scan of the same bytes (the floor) and
 //! detect-secrets (`pip install detect-secrets`) on the same files; per-URL latency.
@@ -284,10 +287,16 @@ fn main() {
         Some("init") => init_bench::run(iterations.min(30)),
         Some("egress") => runtime.block_on(egress_bench::run()),
         Some("pipelock") => pipelock_bench::run(),
+        Some("launch") => launch_bench::run(iterations.min(50)),
         Some("runtime") | None => runtime.block_on(runtime_bench(iterations)),
         Some(other) => eprintln!("unknown group {other:?}: runtime or init"),
     }
 }
+
+/// `bottle run` measured from the outside (std children waited by std, like init_bench).
+#[allow(clippy::disallowed_methods)]
+#[path = "bench/launch.rs"]
+mod launch_bench;
 
 /// Other supervisors, measured from the outside. Nothing here uses bottle's reaper.
 #[allow(clippy::disallowed_methods)]
