@@ -418,8 +418,10 @@ impl Push<'_> {
         .await;
         let findings = match outcome {
             Ok(ScanOutcome::Scanned { findings, blobs, bytes }) if findings.is_empty() => {
-                self.say(&format!("bottle: scanned {blobs} new blobs ({bytes} bytes): no secrets"))
-                    .await;
+                self.say(&format!(
+                    "bottle: scanned {blobs} new blob(s), {bytes} bytes: no secrets"
+                ))
+                .await;
                 return Ok(());
             }
             Ok(ScanOutcome::Scanned { findings, .. }) => findings,
