@@ -274,6 +274,11 @@ impl GitGate {
         mirror: Arc<Mirror>,
         body: Bytes,
     ) -> Response<Body> {
+        // git probes with a bare flush before sending a body larger than its post
+        // buffer (chunked): receive-pack answers it with nothing, and so do we.
+        if body.as_ref() == pktline::FLUSH {
+            return git_response("application/x-git-receive-pack-result", full(Bytes::new()));
+        }
         let request = match receive::parse(&body) {
             Ok(r) => r,
             Err(err) => {
@@ -647,7 +652,7 @@ impl Push<'_> {
 }
 
 fn refspec(c: &Command) -> String {
-    if c.is_delete() { format!(":{}", c.refname) } else { format!("+{}:{}", c.new, c.refname) }
+    if c.is_delete() { format!(":{}", c.refname) } else { format!("{}:{}", c.new, c.refname) }
 }
 
 /// `git push --porcelain` lines: `<flag>\t<from>:<to>\t<summary>`; `!` is a rejection.
