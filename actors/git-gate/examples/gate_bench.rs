@@ -23,8 +23,11 @@ const FILES: usize = 400;
 fn fast_import_stream() -> (Vec<u8>, u64) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let words: Vec<String> =
-        (0..4000).map(|_| (0..rng.random_range(3..10)).map(|_| rng.random_range(b'a'..=b'z') as char).collect()).collect();
+    let words: Vec<String> = (0..4000)
+        .map(|_| {
+            (0..rng.random_range(3..10)).map(|_| rng.random_range(b'a'..=b'z') as char).collect()
+        })
+        .collect();
     let mut out = Vec::new();
     let mut total = 0u64;
     for c in 0..COMMITS {
@@ -85,15 +88,33 @@ async fn main() {
     let src = tmp.join("src");
     std::fs::create_dir_all(&src).unwrap();
     run(&fx.git, &src, &["init", "-q", "-b", "main"]).await;
-    let out = fx.git.command("fast-import", ["fast-import", "--quiet"]).cwd(&src).output(Some(&stream), 1 << 20).await.unwrap();
+    let out = fx
+        .git
+        .command("fast-import", ["fast-import", "--quiet"])
+        .cwd(&src)
+        .output(Some(&stream), 1 << 20)
+        .await
+        .unwrap();
     assert!(out.status.success(), "{}", out.stderr);
     run(&fx.git, &src, &["gc", "-q", "--aggressive"]).await;
-    let pack: u64 = std::fs::read_dir(src.join(".git/objects/pack")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
-    println!("repository: {COMMITS} commits, {} MB of file data, pack {} MB", data_bytes / 1_000_000, pack / 1_000_000);
+    let pack: u64 = std::fs::read_dir(src.join(".git/objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    println!(
+        "repository: {COMMITS} commits, {} MB of file data, pack {} MB",
+        data_bytes / 1_000_000,
+        pack / 1_000_000
+    );
     for name in ["bench", "pushed", "pushed-direct"] {
         fx.upstream.create(name).await;
     }
-    run(&fx.git, &src, &["push", "-q", fx.upstream.root.join("bench.git").to_str().unwrap(), "main"]).await;
+    run(
+        &fx.git,
+        &src,
+        &["push", "-q", fx.upstream.root.join("bench.git").to_str().unwrap(), "main"],
+    )
+    .await;
 
     // Clone: direct, through the gate cold (mirror empty) and warm.
     let auth = direct_auth(&fx);
@@ -128,7 +149,8 @@ async fn main() {
     let out = run_raw(&fx.git, &src, &["push", &fx.url("pushed"), "main"]).await;
     let push_gate = start.elapsed();
     assert!(out.status.success(), "{}", out.stderr);
-    let scanned = out.stderr.lines().find(|l| l.contains("scanned")).unwrap_or("").trim().to_string();
+    let scanned =
+        out.stderr.lines().find(|l| l.contains("scanned")).unwrap_or("").trim().to_string();
     println!(
         "push: direct {:.2} s, gate {:.2} s ({:.2}x); {scanned}",
         push_direct.as_secs_f64(),
@@ -138,12 +160,18 @@ async fn main() {
 
     // The scanner alone over the same blobs: a copy of the repository with no refs.
     let scan_repo = tmp.join("scan.git");
-    run(&fx.git, tmp, &["clone", "-q", "--bare", src.to_str().unwrap(), scan_repo.to_str().unwrap()]).await;
+    run(
+        &fx.git,
+        tmp,
+        &["clone", "-q", "--bare", src.to_str().unwrap(), scan_repo.to_str().unwrap()],
+    )
+    .await;
     let head = run(&fx.git, &scan_repo, &["rev-parse", "HEAD"]).await;
     run(&fx.git, &scan_repo, &["update-ref", "-d", "refs/heads/main"]).await;
     let pipelock = Arc::new(bottle_pipelock::Pipelock::new(&[], &[]).unwrap());
     let view = ObjectView { git_dir: scan_repo.display().to_string(), env: Vec::new() };
-    let limits = ScanLimits { max_blob: 32 << 20, max_total: 1 << 30, timeout: Duration::from_secs(600) };
+    let limits =
+        ScanLimits { max_blob: 32 << 20, max_total: 1 << 30, timeout: Duration::from_secs(600) };
     let start = Instant::now();
     let outcome = scan_new_blobs(&fx.git, &view, &[head], &pipelock, limits).await.unwrap();
     let took = start.elapsed();
