@@ -340,10 +340,6 @@ mod tests {
                 "[[daemon]]\nname = \"a\"\n[daemon.builtin.egress]\nroutes = \"/r.yaml\"\nlisten = \"x\"\n",
                 "`daemon[0].builtin.egress.listen`",
             ),
-            (
-                "[[daemon]]\nname = \"a\"\n[daemon.builtin.egress]\nroutes = \"/r.yaml\"\nlisten = { fd = 3 }\n",
-                "inherited socket",
-            ),
             ("[[daemon]]\nname = \"a\"\n", "`daemon[0]`: set command"),
             (
                 "[[daemon]]\nname = \"a\"\ncommand = [\"x\"]\nstop_timeout = 0\n",

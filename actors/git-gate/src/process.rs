@@ -11,15 +11,14 @@
 //! Configuration reaches git through `GIT_CONFIG_COUNT` variables, never argv, so a
 //! token in an `http.extraHeader` never shows in `/proc/<pid>/cmdline`.
 //!
-//! The child's stdin is a pipe placed at fd 0 through [`bottle_proc::NotifyFd`] (the
-//! spawn spec's "inherit this fd at this number"); `SpawnSpec` has no stdin field yet.
+//! The child's stdin, when it reads one, is a pipe (`SpawnSpec::stdin`).
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bottle_proc::{ExitStatus, NotifyFd, Pid, Reaper, SpawnSpec};
+use bottle_proc::{ExitStatus, Pid, Reaper, SpawnSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
@@ -143,15 +142,22 @@ impl Invocation {
             }
         }
         let pipe_err = |source| GitGateError::Pipe { step, source };
-        let (writer, notify_fd) = if stdin {
+        let (writer, stdin) = if stdin {
             let (writer, reader) = pipe::pipe().map_err(pipe_err)?;
             let read_end: OwnedFd = reader.into_blocking_fd().map_err(pipe_err)?;
-            (Some(writer), Some(NotifyFd { write_end: read_end, target: 0 }))
+            (Some(writer), Some(read_end))
         } else {
             (None, None)
         };
         let spawned = reaper
-            .spawn(SpawnSpec { argv, env, cwd, capture_output: true, notify_fd })
+            .spawn(SpawnSpec {
+                argv,
+                env,
+                cwd,
+                capture_output: true,
+                stdin,
+                ..SpawnSpec::default()
+            })
             .map_err(|source| GitGateError::Spawn { step, source })?;
         let guard = KillGuard { reaper, pid: spawned.pid };
         let stdout = match spawned.stdout {

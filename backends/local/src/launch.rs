@@ -319,6 +319,7 @@ impl LocalSandbox {
                 cwd: None,
                 capture_output: self.capture_output,
                 notify_fd: Some(NotifyFd { write_end: theirs, target: wire::HELPER_FD }),
+                stdin: None,
                 inherit: Vec::new(),
             })
             .map_err(LocalError::Spawn)?;

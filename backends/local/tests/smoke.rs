@@ -1,3 +1,6 @@
+//! The smallest end-to-end check of the local backend: an agent runs in a sandbox and its
+//! exit code comes back through the helper.
+
 mod common;
 
 #[tokio::test]

@@ -144,6 +144,7 @@ impl Actor for ProcessActor {
             cwd: spec.cwd.clone(),
             capture_output: true,
             notify_fd,
+            stdin: None,
             inherit: Vec::new(),
         }) {
             Ok(spawned) => spawned,

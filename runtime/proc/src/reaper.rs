@@ -85,7 +85,7 @@ impl Reaper {
     /// Spawns a child in its own process group, with exactly the environment given.
     #[allow(clippy::disallowed_methods)] // this is the one sanctioned spawn site
     pub fn spawn(&self, spec: SpawnSpec) -> Result<SpawnedChild, SpawnError> {
-        let SpawnSpec { argv, env, cwd, capture_output, notify_fd, inherit } = spec;
+        let SpawnSpec { argv, env, cwd, capture_output, notify_fd, stdin, inherit } = spec;
         let Some(program) = argv.first() else { return Err(SpawnError::EmptyArgv) };
         let program_path = std::path::PathBuf::from(program);
         let mut command = std::process::Command::new(program);
@@ -94,7 +94,7 @@ impl Reaper {
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(cwd.unwrap_or_else(|| "/".into()))
-            .stdin(Stdio::null())
+            .stdin(stdin.map(Stdio::from).unwrap_or_else(Stdio::null))
             .process_group(0);
         if capture_output {
             command.stdout(Stdio::piped()).stderr(Stdio::piped());

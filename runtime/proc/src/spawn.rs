@@ -37,6 +37,8 @@ pub struct SpawnSpec {
     pub capture_output: bool,
     /// Optional readiness pipe.
     pub notify_fd: Option<NotifyFd>,
+    /// The child's stdin (`/dev/null` when unset), e.g. the read end of a pipe.
+    pub stdin: Option<OwnedFd>,
     /// Further descriptors the child inherits, each at its agreed number (for example
     /// a listening socket and a pipe carrying secrets). Every other fd is closed on exec.
     pub inherit: Vec<InheritFd>,
@@ -64,6 +66,7 @@ impl std::fmt::Debug for SpawnSpec {
             .field("cwd", &self.cwd)
             .field("capture_output", &self.capture_output)
             .field("notify_fd", &self.notify_fd)
+            .field("stdin", &self.stdin)
             .field("inherit", &self.inherit)
             .finish()
     }

@@ -94,7 +94,7 @@ impl Upstream {
         std::fs::create_dir_all(&root).unwrap();
         let ca = Arc::new(
             CertificateAuthority::mint(CaConfig {
-                permitted: Some(vec!["localhost".into()]),
+                permitted: vec!["localhost".into()],
                 common_name: "git-gate test upstream CA".into(),
                 ..CaConfig::default()
             })

@@ -185,6 +185,7 @@ async fn runtime_bench(iterations: usize) {
                 cwd: None,
                 capture_output: true,
                 notify_fd: None,
+                stdin: None,
                 inherit: Vec::new(),
             })
             .expect("spawn")
