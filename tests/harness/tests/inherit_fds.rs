@@ -23,7 +23,9 @@ async fn listed_fds_arrive_at_their_numbers_and_nothing_else_does() {
     let b = pipe_with("from-b");
     // `ls /proc/$$/fd` lists the shell's descriptors from another process, so the
     // listing itself adds none.
-    let script = "cat <&3; echo; cat <&5; echo; ls /proc/$$/fd | tr '\\n' ' '";
+    // `ls /proc/$$/fd` lists the shell's descriptors from another process (and with no
+    // pipeline, whose pipe the shell would hold open meanwhile), so the listing adds none.
+    let script = "cat <&3; echo; cat <&5; echo; ls /proc/$$/fd";
     let mut child = reaper
         .spawn(SpawnSpec {
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
@@ -53,7 +55,8 @@ async fn listed_fds_arrive_at_their_numbers_and_nothing_else_does() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "from-a");
     assert_eq!(lines[1], "from-b");
-    let mut fds: Vec<i32> = lines[2].split_whitespace().map(|n| n.parse().unwrap()).collect();
+    let mut fds: Vec<i32> =
+        lines[2..].iter().flat_map(|l| l.split_whitespace()).map(|n| n.parse().unwrap()).collect();
     fds.sort_unstable();
     assert_eq!(fds, [0, 1, 2, 3, 5], "the /dev/null probe (and everything else) must not leak");
     drop(leak_probe);
