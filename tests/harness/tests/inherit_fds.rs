@@ -21,8 +21,6 @@ async fn listed_fds_arrive_at_their_numbers_and_nothing_else_does() {
     let leak_probe = std::fs::File::open("/dev/null").unwrap();
     let a = pipe_with("from-a");
     let b = pipe_with("from-b");
-    // `ls /proc/$$/fd` lists the shell's descriptors from another process, so the
-    // listing itself adds none.
     // `ls /proc/$$/fd` lists the shell's descriptors from another process (and with no
     // pipeline, whose pipe the shell would hold open meanwhile), so the listing adds none.
     let script = "cat <&3; echo; cat <&5; echo; ls /proc/$$/fd";
