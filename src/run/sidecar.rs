@@ -313,7 +313,17 @@ impl Step for WaitReady {
     const NAME: &'static str = "wait for the sidecar";
 
     async fn run(&mut self, sidecar: Sidecar, _: &StepContext) -> Result<Ready, LaunchError> {
-        let schedule = bottle_runtime::readiness::PollSchedule::local(self.deadline);
+        // A unix-socket round trip costs microseconds: poll often (every 2-10 ms), since
+        // the launch waits on exactly this (doubling to 100 ms cost up to half of it).
+        let schedule = bottle_runtime::readiness::PollSchedule {
+            backoff: bottle_runtime::backoff::Backoff {
+                initial: Duration::from_millis(2),
+                factor: 1.5,
+                cap: Duration::from_millis(10),
+                jitter: 0.0,
+            },
+            deadline: self.deadline,
+        };
         let probe = || {
             let sidecar = sidecar.clone();
             async move {
