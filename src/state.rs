@@ -212,9 +212,12 @@ impl StateRoot {
     /// the good ones, so one bad file does not hide the rest.
     pub fn list(&self) -> Vec<Result<BottleRecord>> {
         let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
+        // Other folders live here too (the approval queue's `approvals/`): only names
+        // shaped like an id are bottles.
         let mut dirs: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .filter(|e| e.file_name().to_str().is_some_and(is_bottle_id))
             .map(|e| e.path())
             .collect();
         dirs.sort();
@@ -224,7 +227,7 @@ impl StateRoot {
     /// The record of bottle `id`.
     pub fn get(&self, id: &str) -> Result<BottleRecord> {
         let dir = self.bottle_dir(id);
-        if id.contains('/') || id.starts_with('.') || !dir.is_dir() {
+        if !is_bottle_id(id) || !dir.is_dir() {
             return Err(StateError::NoSuchBottle { id: id.to_string() });
         }
         read_record(&dir)
@@ -267,6 +270,17 @@ impl Allocation {
         change(&mut self.record);
         write_record(&self.dir, &self.record)
     }
+}
+
+/// True for `<name>-<8 hex digits>` with a manifest-style name (`[a-z][a-z0-9-]*`): the
+/// ids [`StateRoot::allocate`] makes, and nothing that could leave the root.
+fn is_bottle_id(id: &str) -> bool {
+    let Some((name, suffix)) = id.rsplit_once('-') else { return false };
+    let name_ok = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let suffix_ok =
+        suffix.len() == 8 && suffix.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+    name_ok && suffix_ok
 }
 
 fn write_record(dir: &Path, record: &BottleRecord) -> Result<()> {
@@ -355,9 +369,20 @@ mod tests {
     }
 
     #[test]
+    fn folders_that_are_not_bottles_are_neither_listed_nor_found() {
+        let (_tmp, root) = root();
+        let a = root.allocate("demo", BackendKind::Local).unwrap();
+        // The approval queue keeps its folder in the same root.
+        fs::create_dir_all(root.dir().join("approvals")).unwrap();
+        let listed: Vec<_> = root.list().into_iter().map(|r| r.unwrap().id).collect();
+        assert_eq!(listed, [a.record().id.clone()]);
+        assert!(matches!(root.get("approvals"), Err(StateError::NoSuchBottle { .. })));
+    }
+
+    #[test]
     fn ids_that_escape_the_root_are_refused() {
         let (_tmp, root) = root();
-        for id in ["../etc", ".lock", "a/b"] {
+        for id in ["../etc", ".lock", "a/b", "../demo-0000000a", "demo-0000000a/.."] {
             let err = root.get(id).unwrap_err();
             assert!(matches!(err, StateError::NoSuchBottle { .. }), "{id}: {err}");
         }
