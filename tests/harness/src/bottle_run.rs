@@ -190,10 +190,12 @@ try:
     elif what == "tcp6":
         s = socket.socket(socket.AF_INET6); s.settimeout(5); s.connect((args[0], int(args[1]))); print("connected")
     elif what == "udp":
+        # Connected, so an ICMP "port unreachable" comes back as ECONNREFUSED.
         fam = socket.AF_INET6 if ":" in args[0] else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(2)
         query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01"
-        s.sendto(query, (args[0], int(args[1])))
+        s.connect((args[0], int(args[1])))
+        s.send(query)
         try:
             s.recv(512); print("answered")
         except socket.timeout:
@@ -211,19 +213,22 @@ try:
     elif what == "unshare":
         call(libc.unshare(int(args[0], 0)))
     elif what == "raw":
-        # One request to the proxy as given (\n sent as \r\n), read to its close; prints
-        # the status line and the body's first line.
+        # One request to the proxy as given (\n sent as \r\n); prints the response's
+        # status line and its body's first line.
         s = socket.create_connection(("127.0.0.1", 9099), timeout=10)
         s.sendall(args[0].replace("\n", "\r\n").encode())
         data = b""
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk: break
-                data += chunk
-        except socket.timeout:
-            pass
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk: break
+            data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
+        length = [l.split(b":", 1)[1] for l in head.lower().split(b"\r\n") if l.startswith(b"content-length:")]
+        want = int(length[0]) if length else 0
+        while len(body) < want:
+            chunk = s.recv(65536)
+            if not chunk: break
+            body += chunk
         lines = body.decode(errors="replace").strip().splitlines()
         print(head.split(b"\r\n")[0].decode(errors="replace"), "|", lines[0] if lines else "")
     else:
