@@ -168,6 +168,20 @@ impl StateRoot {
     /// id for `name`, creates its folder (0700) and writes its first record. The lock is
     /// held until the returned [`Allocation`] is released or dropped.
     pub fn allocate(&self, name: &str, backend: BackendKind) -> Result<Allocation> {
+        let (file, lock_path) = self.open_lock()?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| StateError::Io { path: lock_path, source: e.into() })?;
+        self.allocate_locked(lock, name, backend)
+    }
+
+    /// Opens the allocation lock for a caller that must stay interruptible while other
+    /// launches hold it: [`LockWait::try_allocate`] never blocks.
+    pub fn lock_wait(&self) -> Result<LockWait> {
+        let (file, _) = self.open_lock()?;
+        Ok(LockWait { root: self.clone(), file: Some(file) })
+    }
+
+    fn open_lock(&self) -> Result<(File, PathBuf)> {
         self.ensure()?;
         let lock_path = self.dir.join(".lock");
         let file = OpenOptions::new()
@@ -177,8 +191,15 @@ impl StateRoot {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io(&lock_path))?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| StateError::Io { path: lock_path.clone(), source: e.into() })?;
+        Ok((file, lock_path))
+    }
+
+    fn allocate_locked(
+        &self,
+        lock: nix::fcntl::Flock<File>,
+        name: &str,
+        backend: BackendKind,
+    ) -> Result<Allocation> {
         let id = loop {
             let candidate = format!("{name}-{:08x}", rand::random::<u32>());
             if !self.bottle_dir(&candidate).exists() {
@@ -237,6 +258,35 @@ impl StateRoot {
     pub fn remove(&self, id: &str) -> Result<()> {
         let dir = self.bottle_dir(id);
         fs::remove_dir_all(&dir).map_err(io(&dir))
+    }
+}
+
+/// The allocation lock's file, open, waiting to be taken without blocking.
+#[derive(Debug)]
+pub struct LockWait {
+    root: StateRoot,
+    file: Option<File>,
+}
+
+impl LockWait {
+    /// Allocates as [`StateRoot::allocate`] does if the lock is free now; `None` while
+    /// another launch holds it.
+    pub fn try_allocate(&mut self, name: &str, backend: BackendKind) -> Result<Option<Allocation>> {
+        let path = self.root.dir.join(".lock");
+        let Some(file) = self.file.take() else {
+            return Err(StateError::Io {
+                path,
+                source: std::io::Error::other("lock already taken"),
+            });
+        };
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => self.root.allocate_locked(lock, name, backend).map(Some),
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                self.file = Some(file);
+                Ok(None)
+            }
+            Err((_, e)) => Err(StateError::Io { path, source: e.into() }),
+        }
     }
 }
 
@@ -377,6 +427,19 @@ mod tests {
         let listed: Vec<_> = root.list().into_iter().map(|r| r.unwrap().id).collect();
         assert_eq!(listed, [a.record().id.clone()]);
         assert!(matches!(root.get("approvals"), Err(StateError::NoSuchBottle { .. })));
+    }
+
+    #[test]
+    fn a_lock_wait_does_not_block_while_another_launch_holds_the_lock() {
+        let (_tmp, root) = root();
+        let first = root.allocate("a", BackendKind::Local).unwrap();
+        let mut wait = root.lock_wait().unwrap();
+        assert!(wait.try_allocate("b", BackendKind::Local).unwrap().is_none());
+        assert!(wait.try_allocate("b", BackendKind::Local).unwrap().is_none());
+        drop(first);
+        let second = wait.try_allocate("b", BackendKind::Local).unwrap().expect("free now");
+        assert!(second.record().id.starts_with("b-"));
+        assert_eq!(root.list().len(), 2);
     }
 
     #[test]
