@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::external::{self, Guarded, TempDir};
+use crate::external::{self, TempDir};
 
 /// The host name the API's route names (never resolved: the route pins the address).
 pub const API_HOST: &str = "api.bottle.test";
@@ -366,9 +366,7 @@ impl Fixture {
 
     /// Starts `bottle ARGS` and a watcher on its process tree.
     pub fn launch_args(&self, args: &[&str]) -> Launched {
-        let child = Guarded::spawn(&mut self.command(args));
-        let watcher = Watcher::start(child.pid());
-        Launched { child, watcher }
+        Launched::start(&mut self.command(args))
     }
 
     /// Every bottle record (`metadata.json`) in the state root.
@@ -492,15 +490,64 @@ impl Finished {
 /// A running `bottle` and the watcher on its process tree. Killed on drop.
 #[derive(Debug)]
 pub struct Launched {
-    child: Guarded,
+    child: Option<std::process::Child>,
+    stdout: Output,
+    stderr: Output,
     /// Everything seen in its tree so far.
     pub watcher: Watcher,
 }
 
+/// A pipe drained by a thread into a buffer; `done` once it reached EOF.
+#[derive(Debug, Clone, Default)]
+struct Output {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    done: Arc<AtomicBool>,
+}
+
+impl Output {
+    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> Output {
+        let output = Output::default();
+        let (bytes, done) = (output.bytes.clone(), output.done.clone());
+        std::thread::spawn(move || {
+            if let Some(mut pipe) = pipe {
+                let mut buffer = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut buffer) {
+                    if n == 0 {
+                        break;
+                    }
+                    bytes.lock().unwrap().extend_from_slice(&buffer[..n]);
+                }
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+        output
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+}
+
 impl Launched {
+    /// Starts `command` (a [`Fixture::command`], perhaps changed) and a watcher. Its
+    /// stdout and stderr are drained as they come, so a full pipe never blocks it.
+    pub fn start(command: &mut Command) -> Launched {
+        use std::process::Stdio;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bottle");
+        let watcher = Watcher::start(child.id() as i32);
+        let stdout = Output::drain(child.stdout.take());
+        let stderr = Output::drain(child.stderr.take());
+        Launched { child: Some(child), stdout, stderr, watcher }
+    }
+
     /// The launcher's pid.
     pub fn pid(&self) -> i32 {
-        self.child.pid()
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
     /// Sends `signal` to the launcher.
@@ -508,17 +555,40 @@ impl Launched {
         external::signal(self.pid(), signal);
     }
 
-    /// Waits (at most `timeout`) for the launcher to exit; stops the watcher and returns
-    /// what it saw with the launcher's output.
-    pub fn wait(self, timeout: Duration) -> (Finished, Observed) {
-        let Launched { child, watcher } = self;
-        let (status, stdout, stderr) = child.wait(timeout);
-        let seen = watcher.stop();
-        let code = status.and_then(|s| {
-            use std::os::unix::process::ExitStatusExt;
-            s.code().or_else(|| s.signal().map(|n| 128 + n))
+    /// Waits (at most `timeout`, then SIGKILL) for the launcher to exit; stops the watcher
+    /// and returns what it saw with the launcher's output. Output is collected until EOF
+    /// or, when something else still holds the pipes (an agent that outlived a killed
+    /// launcher), for at most 2 s more.
+    pub fn wait(mut self, timeout: Duration) -> (Finished, Observed) {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = self.child.take().expect("child");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        external::wait_until(Duration::from_secs(2), || {
+            self.stdout.done.load(Ordering::SeqCst) && self.stderr.done.load(Ordering::SeqCst)
         });
-        (Finished { code, stdout, stderr }, seen)
+        let code = status.and_then(|s| s.code().or_else(|| s.signal().map(|n| 128 + n)));
+        let finished = Finished { code, stdout: self.stdout.text(), stderr: self.stderr.text() };
+        (finished, self.watcher.stop_here())
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -561,6 +631,7 @@ impl Observed {
 #[derive(Debug)]
 pub struct Watcher {
     stop: Arc<AtomicBool>,
+    passes: Arc<AtomicU64>,
     seen: Arc<Mutex<Observed>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -570,7 +641,8 @@ impl Watcher {
     pub fn start(root: i32) -> Watcher {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Observed::default()));
-        let (flag, record) = (stop.clone(), seen.clone());
+        let passes = Arc::new(AtomicU64::new(0));
+        let (flag, record, passed) = (stop.clone(), seen.clone(), passes.clone());
         let host = namespaces_of(std::process::id() as i32).unwrap_or_default();
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
@@ -586,10 +658,21 @@ impl Watcher {
                         seen.namespaces.insert(ns);
                     }
                 }
+                passed.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(3));
             }
         });
-        Watcher { stop, seen, thread: Some(thread) }
+        Watcher { stop, passes, seen, thread: Some(thread) }
+    }
+
+    /// Returns once the watcher made a whole pass that started after this call, so what
+    /// exists now is in [`Watcher::seen`] (at most 10 s).
+    pub fn sync(&self) {
+        let target = self.passes.load(Ordering::SeqCst) + 2;
+        let synced = external::wait_until(Duration::from_secs(10), || {
+            self.passes.load(Ordering::SeqCst) >= target
+        });
+        assert!(synced, "the process watcher stalled");
     }
 
     /// What it saw so far.
@@ -598,7 +681,7 @@ impl Watcher {
     }
 
     /// Stops and returns what it saw.
-    pub fn stop(mut self) -> Observed {
+    pub fn stop_here(&mut self) -> Observed {
         self.halt();
         self.seen()
     }

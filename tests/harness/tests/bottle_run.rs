@@ -122,6 +122,7 @@ fn ps_exec_logs_and_stop_act_on_a_running_bottle() {
     assert!(logs.stdout.contains("Egress proxy listening."), "{logs:?}");
     assert!(logs.stdout.contains("bottle-init started."), "{logs:?}");
 
+    launched.watcher.sync();
     let stop = fx.bottle_cli(&["stop", &id]);
     assert_eq!(stop.code, Some(0), "{stop:?}");
     assert!(stop.stdout.contains("Exited { code: 130 }"), "{stop:?}");
