@@ -245,3 +245,19 @@ fn sigkill_of_the_launcher_then_cleanup_removes_everything() {
     assert!(next.stdout.contains("next-ran"));
     assert_torn_down(&fx, &seen, &fx.ids(), Ending::Exited(0));
 }
+
+#[test]
+fn a_slow_sidecar_is_waited_for_and_the_bottle_runs() {
+    let mut fx = Fixture::with_api("td-slow");
+    let libexec = fx.companions(&[("bottle-init", &blocking("init"))]);
+    let file = fx.bottle("slow", "");
+    let launched = fx.launch(&file, "ask allowed https://api.bottle.test/whoami");
+    assert!(wait_for_path(&libexec.join("init.reached"), LAUNCH_WAIT), "the sidecar never ran");
+    let record = fx.wait_record(LAUNCH_WAIT, |r| !r["sidecar"].is_null());
+    assert_eq!(record["phase"], "launching", "the agent started before the sidecar was ready");
+    std::fs::write(libexec.join("go"), b"").unwrap();
+    let (finished, seen) = launched.wait(LAUNCH_WAIT);
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(finished.results()["allowed"], "200 0 authorized", "{finished:?}");
+    assert_torn_down(&fx, &seen, &fx.ids(), Ending::Exited(0));
+}
