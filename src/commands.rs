@@ -23,6 +23,10 @@ pub(crate) struct RunArgs {
     /// A host directory the agent gets read-write at /workspace.
     #[arg(long, value_name = "DIR")]
     workspace: Option<PathBuf>,
+    /// Extra CA certificates (PEM) the sidecar trusts for upstream servers (a private
+    /// registry's or a corporate CA), beside the machine's roots. The agent never sees it.
+    #[arg(long, value_name = "PEM")]
+    upstream_ca: Option<PathBuf>,
     /// The bottle: a name (~/.config/bottle/bottles/NAME.md, then ~/.bot-bottle/bottles/)
     /// or a path to a bottle file.
     bottle: String,
@@ -101,12 +105,22 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(exit(RunExit::Usage));
     }
-    let workspace = match args.workspace {
-        Some(dir) => Some(
-            std::fs::canonicalize(&dir).with_context(|| format!("workspace {}", dir.display()))?,
-        ),
-        None => None,
+    // Absolute paths: the sidecar runs in the bottle's state folder and the sandbox
+    // binds by absolute path. A path that does not exist is a usage error.
+    let absolute = |what: &str, path: Option<PathBuf>| match path {
+        Some(path) => std::fs::canonicalize(&path)
+            .with_context(|| format!("{what} {}", path.display()))
+            .map(Some),
+        None => Ok(None),
     };
+    let (workspace, upstream_ca) =
+        match (absolute("workspace", args.workspace), absolute("upstream CA", args.upstream_ca)) {
+            (Ok(workspace), Ok(upstream_ca)) => (workspace, upstream_ca),
+            (Err(err), _) | (_, Err(err)) => {
+                eprintln!("bottle: error: {err:#}");
+                return Ok(exit(RunExit::Usage));
+            }
+        };
     let request = RunRequest {
         bottle,
         command: args.command,
@@ -115,7 +129,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         approvals: crate::approvals::default_dir(),
         libexec: libexec(),
         host_secret: Box::new(env),
-        upstream_ca: None,
+        upstream_ca,
         progress: progress(),
         term: env("TERM"),
     };

@@ -168,6 +168,20 @@ impl StateRoot {
     /// id for `name`, creates its folder (0700) and writes its first record. The lock is
     /// held until the returned [`Allocation`] is released or dropped.
     pub fn allocate(&self, name: &str, backend: BackendKind) -> Result<Allocation> {
+        let (file, lock_path) = self.open_lock()?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| StateError::Io { path: lock_path, source: e.into() })?;
+        self.allocate_locked(lock, name, backend)
+    }
+
+    /// Opens the allocation lock for a caller that must stay interruptible while other
+    /// launches hold it: [`LockWait::try_allocate`] never blocks.
+    pub fn lock_wait(&self) -> Result<LockWait> {
+        let (file, _) = self.open_lock()?;
+        Ok(LockWait { root: self.clone(), file: Some(file) })
+    }
+
+    fn open_lock(&self) -> Result<(File, PathBuf)> {
         self.ensure()?;
         let lock_path = self.dir.join(".lock");
         let file = OpenOptions::new()
@@ -177,8 +191,15 @@ impl StateRoot {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io(&lock_path))?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| StateError::Io { path: lock_path.clone(), source: e.into() })?;
+        Ok((file, lock_path))
+    }
+
+    fn allocate_locked(
+        &self,
+        lock: nix::fcntl::Flock<File>,
+        name: &str,
+        backend: BackendKind,
+    ) -> Result<Allocation> {
         let id = loop {
             let candidate = format!("{name}-{:08x}", rand::random::<u32>());
             if !self.bottle_dir(&candidate).exists() {
@@ -212,9 +233,12 @@ impl StateRoot {
     /// the good ones, so one bad file does not hide the rest.
     pub fn list(&self) -> Vec<Result<BottleRecord>> {
         let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
+        // Other folders live here too (the approval queue's `approvals/`): only names
+        // shaped like an id are bottles.
         let mut dirs: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .filter(|e| e.file_name().to_str().is_some_and(is_bottle_id))
             .map(|e| e.path())
             .collect();
         dirs.sort();
@@ -224,7 +248,7 @@ impl StateRoot {
     /// The record of bottle `id`.
     pub fn get(&self, id: &str) -> Result<BottleRecord> {
         let dir = self.bottle_dir(id);
-        if id.contains('/') || id.starts_with('.') || !dir.is_dir() {
+        if !is_bottle_id(id) || !dir.is_dir() {
             return Err(StateError::NoSuchBottle { id: id.to_string() });
         }
         read_record(&dir)
@@ -234,6 +258,35 @@ impl StateRoot {
     pub fn remove(&self, id: &str) -> Result<()> {
         let dir = self.bottle_dir(id);
         fs::remove_dir_all(&dir).map_err(io(&dir))
+    }
+}
+
+/// The allocation lock's file, open, waiting to be taken without blocking.
+#[derive(Debug)]
+pub struct LockWait {
+    root: StateRoot,
+    file: Option<File>,
+}
+
+impl LockWait {
+    /// Allocates as [`StateRoot::allocate`] does if the lock is free now; `None` while
+    /// another launch holds it.
+    pub fn try_allocate(&mut self, name: &str, backend: BackendKind) -> Result<Option<Allocation>> {
+        let path = self.root.dir.join(".lock");
+        let Some(file) = self.file.take() else {
+            return Err(StateError::Io {
+                path,
+                source: std::io::Error::other("lock already taken"),
+            });
+        };
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => self.root.allocate_locked(lock, name, backend).map(Some),
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                self.file = Some(file);
+                Ok(None)
+            }
+            Err((_, e)) => Err(StateError::Io { path, source: e.into() }),
+        }
     }
 }
 
@@ -267,6 +320,17 @@ impl Allocation {
         change(&mut self.record);
         write_record(&self.dir, &self.record)
     }
+}
+
+/// True for `<name>-<8 hex digits>` with a manifest-style name (`[a-z][a-z0-9-]*`): the
+/// ids [`StateRoot::allocate`] makes, and nothing that could leave the root.
+fn is_bottle_id(id: &str) -> bool {
+    let Some((name, suffix)) = id.rsplit_once('-') else { return false };
+    let name_ok = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let suffix_ok =
+        suffix.len() == 8 && suffix.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+    name_ok && suffix_ok
 }
 
 fn write_record(dir: &Path, record: &BottleRecord) -> Result<()> {
@@ -355,9 +419,33 @@ mod tests {
     }
 
     #[test]
+    fn folders_that_are_not_bottles_are_neither_listed_nor_found() {
+        let (_tmp, root) = root();
+        let a = root.allocate("demo", BackendKind::Local).unwrap();
+        // The approval queue keeps its folder in the same root.
+        fs::create_dir_all(root.dir().join("approvals")).unwrap();
+        let listed: Vec<_> = root.list().into_iter().map(|r| r.unwrap().id).collect();
+        assert_eq!(listed, [a.record().id.clone()]);
+        assert!(matches!(root.get("approvals"), Err(StateError::NoSuchBottle { .. })));
+    }
+
+    #[test]
+    fn a_lock_wait_does_not_block_while_another_launch_holds_the_lock() {
+        let (_tmp, root) = root();
+        let first = root.allocate("a", BackendKind::Local).unwrap();
+        let mut wait = root.lock_wait().unwrap();
+        assert!(wait.try_allocate("b", BackendKind::Local).unwrap().is_none());
+        assert!(wait.try_allocate("b", BackendKind::Local).unwrap().is_none());
+        drop(first);
+        let second = wait.try_allocate("b", BackendKind::Local).unwrap().expect("free now");
+        assert!(second.record().id.starts_with("b-"));
+        assert_eq!(root.list().len(), 2);
+    }
+
+    #[test]
     fn ids_that_escape_the_root_are_refused() {
         let (_tmp, root) = root();
-        for id in ["../etc", ".lock", "a/b"] {
+        for id in ["../etc", ".lock", "a/b", "../demo-0000000a", "demo-0000000a/.."] {
             let err = root.get(id).unwrap_err();
             assert!(matches!(err, StateError::NoSuchBottle { .. }), "{id}: {err}");
         }

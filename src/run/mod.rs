@@ -157,10 +157,7 @@ async fn launch_and_wait(
     let secrets = resolve_secrets(&request.bottle, &*request.host_secret)?;
     let progress = &request.progress;
     progress("allocate");
-    let alloc = request
-        .state
-        .allocate(&request.bottle.name, BackendKind::Local)
-        .map_err(|e| LaunchError::step("allocate", bottle_runtime::error_chain(&e)))?;
+    let alloc = allocate(&request.state, &request.bottle.name, &launch.context()).await?;
     let dir = alloc.dir().to_path_buf();
     let id = alloc.record().id.clone();
     let certs = provision::prepare_certs_dir(&dir)
@@ -214,6 +211,28 @@ async fn launch_and_wait(
     let _ = alloc.update(|r| r.phase = Phase::Running);
     let _copy = pty.map(|master| tty::attach(master, &terminal, resized));
     wait_for_agent(agent, &running, launch).await
+}
+
+/// Allocates the bottle's id and folder, waiting for other launches to release the lock
+/// without ever blocking a runtime thread, so Ctrl-C ends the wait at once.
+async fn allocate(
+    state: &StateRoot,
+    name: &str,
+    cx: &crate::launch::StepContext,
+) -> Result<Allocation, LaunchError> {
+    let failed = |e: crate::state::StateError| {
+        LaunchError::step("allocate", bottle_runtime::error_chain(&e))
+    };
+    let mut lock = state.lock_wait().map_err(failed)?;
+    loop {
+        if let Some(allocation) = lock.try_allocate(name, BackendKind::Local).map_err(failed)? {
+            return Ok(allocation);
+        }
+        tokio::select! {
+            () = cx.interrupted() => return Err(LaunchError::Interrupted { step: "allocate" }),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
 }
 
 /// Waits for the agent to exit, the sidecar to die, or an interrupt.

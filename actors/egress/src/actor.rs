@@ -55,8 +55,9 @@ impl Default for Limits {
     }
 }
 
-/// What [`EgressActor`] starts from. Clones share the adopted inherited socket, so a
-/// restart accepts on the same one.
+/// What [`EgressActor`] starts from. Clones share the adopted inherited socket, the CA
+/// and the placeholders, so a restart accepts on the same socket and clients keep
+/// trusting it.
 #[derive(Debug, Clone)]
 pub struct EgressArgs {
     /// The settings.
@@ -67,12 +68,29 @@ pub struct EgressArgs {
     pub limits: Limits,
     /// The socket adopted from [`Listen::Fd`], once, on the first start.
     inherited: Arc<Mutex<Option<std::net::TcpListener>>>,
+    /// The CA and placeholders clients were given, kept for restarts.
+    kept: Arc<Mutex<Kept>>,
+}
+
+/// What a restart keeps so that clients configured at the first start still work: the
+/// CA their trust store holds (while the intercepted hosts are the same; a CA cannot sign
+/// for hosts outside its constraints) and the placeholders in their environment.
+#[derive(Debug, Default)]
+struct Kept {
+    ca: Option<(Vec<String>, Arc<CertificateAuthority>)>,
+    placeholders: Option<Placeholders>,
 }
 
 impl EgressArgs {
     /// Settings and secrets with the default limits.
     pub fn new(settings: EgressSettings, secrets: Secrets) -> EgressArgs {
-        EgressArgs { settings, secrets, limits: Limits::default(), inherited: Arc::default() }
+        EgressArgs {
+            settings,
+            secrets,
+            limits: Limits::default(),
+            inherited: Arc::default(),
+            kept: Arc::default(),
+        }
     }
 }
 
@@ -142,16 +160,45 @@ fn read_routes(path: &Path, secrets: &Secrets) -> Result<RouteTable, EgressError
 /// its pre_start and dies with the proxy.
 async fn mint_ca(
     settings: &EgressSettings,
-    table: &RouteTable,
+    permitted: Vec<String>,
     supervisor: ActorCell,
 ) -> Result<Arc<CertificateAuthority>, ActorProcessingErr> {
     let config = CaConfig {
         lifetime: Duration::from_secs(settings.ca_days.max(1) * 24 * 3600),
-        permitted: table.bumped_hosts(),
+        permitted,
         ..CaConfig::default()
     };
     let (ca_actor, _) = Actor::spawn_linked(None, CaActor, CaArgs { config }, supervisor).await?;
     Ok(ractor::call_t!(ca_actor, CaMsg::Authority, 5_000)?)
+}
+
+/// The first start mints the CA and generates placeholders; a restart reuses them (the
+/// CA only while the intercepted hosts are unchanged).
+async fn ca_and_placeholders(
+    args: &EgressArgs,
+    table: &RouteTable,
+    supervisor: ActorCell,
+) -> Result<(Arc<CertificateAuthority>, Placeholders), ActorProcessingErr> {
+    let permitted = table.bumped_hosts();
+    let earlier = {
+        let kept = args.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.ca.as_ref().filter(|(hosts, _)| *hosts == permitted).map(|(_, ca)| ca.clone())
+    };
+    let ca = match earlier {
+        Some(ca) => {
+            tracing::info!(fingerprint = %ca.fingerprint(), "Kept the bottle CA across the restart.");
+            ca
+        }
+        None => mint_ca(&args.settings, permitted.clone(), supervisor).await?,
+    };
+    let mut kept = args.kept.lock().unwrap_or_else(|p| p.into_inner());
+    let placeholders = match &kept.placeholders {
+        Some(earlier) => Placeholders::generate(table).keeping(earlier),
+        None => Placeholders::generate(table),
+    };
+    kept.ca = Some((permitted, ca.clone()));
+    kept.placeholders = Some(placeholders.clone());
+    Ok((ca, placeholders))
 }
 
 /// A certificate in PEM.
@@ -268,8 +315,7 @@ impl Actor for EgressActor {
     ) -> Result<EgressState, ActorProcessingErr> {
         let settings = &args.settings;
         let table = read_routes(&settings.routes, &args.secrets)?;
-        let ca = mint_ca(settings, &table, myself.get_cell()).await?;
-        let placeholders = Placeholders::generate(&table);
+        let (ca, placeholders) = ca_and_placeholders(&args, &table, myself.get_cell()).await?;
         let files = match &settings.ca_out {
             Some(dir) => Some(write_client_files(dir, &ca, &placeholders)?),
             None => None,

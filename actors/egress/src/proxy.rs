@@ -225,6 +225,17 @@ impl Placeholders {
         Placeholders { entries }
     }
 
+    /// These placeholders, with `earlier`'s value for every credential both have: a
+    /// restarted proxy keeps recognising what the agent already holds.
+    pub fn keeping(mut self, earlier: &Placeholders) -> Placeholders {
+        for (var, value, _) in &mut self.entries {
+            if let Some((_, old, _)) = earlier.entries.iter().find(|(v, _, _)| v == var) {
+                value.clone_from(old);
+            }
+        }
+        self
+    }
+
     /// `(variable, placeholder)` pairs for the agent's environment.
     pub fn env(&self) -> Vec<(String, String)> {
         self.entries.iter().map(|(v, p, _)| (v.clone(), p.clone())).collect()

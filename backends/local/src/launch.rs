@@ -7,7 +7,9 @@
 //! confined and waiting ([`Held`]); [`Held::release`] hands PID 1 the extra environment
 //! (the sidecar's placeholders) and returns once the agent has exec'd (the channel's
 //! EOF). A failure is a [`LocalError::Refused`] naming the cause and fix, and the helper
-//! is killed; so is a [`Held`] that is dropped. There is no fallback to a weaker sandbox.
+//! is killed; so is a [`Held`] that is dropped, and so is a helper whose start is
+//! cancelled mid-handshake (the caller's future dropped on Ctrl-C): nothing else knows
+//! its pid yet. There is no fallback to a weaker sandbox.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
@@ -323,6 +325,10 @@ impl LocalSandbox {
                 inherit: Vec::new(),
             })
             .map_err(LocalError::Spawn)?;
+        // Until the handshake has an outcome, only this future knows the helper: if it is
+        // dropped (the launch was interrupted), the guard kills the helper, which also
+        // ends the blocking handshake (its channel reaches EOF).
+        let mut guard = KillUnlessDisarmed { reaper: reaper.clone(), pid: child.pid, armed: true };
         let handle = SandboxHandle {
             pid: child.pid,
             stdout: child.stdout,
@@ -343,22 +349,33 @@ impl LocalSandbox {
         // left, so the launcher sees EOF (or EIO on a pty master) when the agent is done.
         let outcome = tokio::task::spawn_blocking(move || handshake(ours, &hello, fds, timeout))
             .await
-            .map_err(|err| LocalError::Channel(std::io::Error::other(err.to_string())))?;
-        match outcome {
-            Ok(setup) => {
-                if matches!(setup, Setup::Refused(_)) {
-                    let _ = reaper.signal_group(handle.pid, libc::SIGKILL);
-                }
-                Ok((handle, setup))
-            }
+            .map_err(|err| LocalError::Channel(std::io::Error::other(err.to_string())));
+        guard.armed = matches!(outcome, Err(_) | Ok(Err(_)) | Ok(Ok(Setup::Refused(_))));
+        drop(guard);
+        match outcome? {
+            Ok(setup) => Ok((handle, setup)),
             Err(err) => {
-                let _ = reaper.signal_group(handle.pid, libc::SIGKILL);
                 if timed_out(&err) {
                     Err(LocalError::SetupTimeout(timeout))
                 } else {
                     Err(LocalError::Channel(err))
                 }
             }
+        }
+    }
+}
+
+/// SIGKILLs the helper's process group on drop while armed.
+struct KillUnlessDisarmed {
+    reaper: Reaper,
+    pid: Pid,
+    armed: bool,
+}
+
+impl Drop for KillUnlessDisarmed {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.reaper.signal_group(self.pid, libc::SIGKILL);
         }
     }
 }

@@ -5,6 +5,7 @@
 //! each test in a separate process: signals and the reaper are process-wide).
 #![forbid(unsafe_code)]
 
+pub mod bottle_run;
 pub mod egress;
 pub mod worker;
 

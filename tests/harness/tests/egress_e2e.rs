@@ -629,12 +629,16 @@ async fn the_builtin_injects_the_secrets_it_is_given_and_accepts_on_an_inherited
     assert!(env.starts_with(&format!("{NAME}=bottle-placeholder-")), "{env}");
     assert!(!env.contains(TOKEN) && !bundle.contains(TOKEN));
 
-    // A restart (the supervisor starting the factory again) accepts on the same socket.
+    // A restart (the supervisor starting the factory again) accepts on the same socket,
+    // with the CA and placeholders the clients already hold.
+    let (first_ca, first_env) = (info.ca.cert_pem().to_string(), info.placeholders.env());
     actor.stop(None);
     let stopped = || actor.get_status() == ractor::ActorStatus::Stopped;
     assert!(bottle_tests::eventually(Duration::from_secs(5), stopped).await);
     let (again, info, _parent) = bottle_tests::egress::builtin(&factory).await;
     assert_eq!(info.listening, addr);
+    assert_eq!(info.ca.cert_pem(), first_ca, "a restart minted a new CA");
+    assert_eq!(info.placeholders.env(), first_env, "a restart changed the placeholders");
     let (code, body, err) = get().await;
     assert_eq!(code, 200, "after a restart: {body} {err}");
     again.stop(None);
