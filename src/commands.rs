@@ -115,7 +115,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         approvals: crate::approvals::default_dir(),
         libexec: libexec(),
         host_secret: Box::new(env),
-        upstream_ca: None,
+        // Extra CAs the sidecar trusts upstream (a self-hosted forge, a corporate CA).
+        upstream_ca: env("BOTTLE_UPSTREAM_CA").map(PathBuf::from),
         progress: progress(),
         term: env("TERM"),
     };

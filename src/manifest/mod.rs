@@ -99,13 +99,15 @@ pub struct GitUser {
 /// One upstream of the git gate, complete after merging.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GitRepo {
-    /// The `ssh://` upstream URL.
+    /// The `ssh://` or `https://` upstream URL.
     pub url: String,
-    /// The SSH private key on the host (absolute: `~/` expanded, relative paths taken
-    /// from the directory of the file that set it).
-    pub identity: PathBuf,
-    /// The pinned SSH host key of the upstream.
-    pub host_key: String,
+    /// SSH: the private key on the host (absolute: `~/` expanded, relative paths taken
+    /// from the directory of the file that set it). Required for ssh, refused for https.
+    pub identity: Option<PathBuf>,
+    /// SSH: the pinned host key of the upstream. Required for ssh, refused for https.
+    pub host_key: Option<String>,
+    /// HTTPS: the host variable holding the token the gate injects (none: anonymous).
+    pub token_ref: Option<String>,
 }
 
 /// Where the agent's image comes from.

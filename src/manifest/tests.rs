@@ -46,8 +46,10 @@ fn render(bottle: &ResolvedBottle) -> String {
     out.push(format!("egress.log: {:?}", bottle.egress_log));
     out.push(format!("user: {:?} {:?}", bottle.git_user.name, bottle.git_user.email));
     for (name, r) in &bottle.repos {
-        let identity = relative(&r.identity.display().to_string());
-        out.push(format!("repo {name}: {} {identity} {}", r.url, r.host_key));
+        let identity = r.identity.as_ref().map(|i| relative(&i.display().to_string()));
+        let identity = identity.unwrap_or_default();
+        let host_key = r.host_key.clone().unwrap_or_default();
+        out.push(format!("repo {name}: {} {identity} {host_key}", r.url));
     }
     out.push(format!("agent_provider: {:?}", bottle.agent_provider));
     let image = match &bottle.image {
@@ -150,7 +152,7 @@ fn an_explicit_path_is_read_even_outside_the_search_path() {
 fn a_relative_path_is_taken_from_the_current_directory() {
     let bottle = resolve_ok("../home/.config/bottle/bottles/base.md");
     assert_eq!(bottle.sources, [fixtures().join("cwd/../home/.config/bottle/bottles/base.md")]);
-    let identity = &bottle.repos["shared"].identity;
+    let identity = bottle.repos["shared"].identity.as_ref().unwrap();
     assert!(identity.is_absolute(), "{}", identity.display());
     assert!(identity.ends_with("home/.config/bottle/bottles/keys/shared"));
 }
@@ -423,7 +425,7 @@ const ERROR_CASES: &[(&str, &str)] = &[
     ),
     (
         "repo-https-url.md",
-        "errors/repo-https-url.md: `git-gate.repos.app.url`: upstreams are SSH only: write ssh://[user@]host[:port]/path",
+        "errors/repo-https-url.md: `git-gate.repos.app.url`: upstreams are ssh:// or https://: write ssh://[user@]host[:port]/path",
     ),
     (
         "repo-bad-name.md",

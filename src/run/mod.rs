@@ -185,25 +185,41 @@ async fn launch_and_wait(
     // Every resource this launch allocates exists now: let other launches allocate.
     alloc.release_lock();
     progress(<sidecar::StartSidecar as Step>::NAME);
+    let (git_gate, gate_route) = git_gate_plan(&request.bottle)?;
+    let mut routes = request.bottle.routes.clone();
+    routes.extend(gate_route);
     let plan = sidecar::SidecarPlan {
         bottle_id: id.clone(),
         state_dir: dir.clone(),
         init_program: local::companion("bottle-init", request.libexec.clone()),
-        routes_text: request.bottle.routes_file_text(),
+        routes_text: crate::manifest::routes_file_text(&routes),
         secrets,
         egress: prepared.egress,
         upstream_ca: request.upstream_ca.clone(),
         approvals: request.approvals.clone(),
+        git_gate,
     };
     let running = launch.step(sidecar::StartSidecar::new(reaper.clone(), GRACE), plan).await?;
     let _ = alloc.update(|r| r.sidecar = running.identity);
     progress(<sidecar::WaitReady as Step>::NAME);
     let ready = launch
-        .step(sidecar::WaitReady { deadline: Duration::from_secs(30) }, running.clone())
+        .step(
+            sidecar::WaitReady {
+                deadline: Duration::from_secs(30),
+                git_gate: !request.bottle.repos.is_empty(),
+            },
+            running.clone(),
+        )
         .await?;
     provision::write_trust(&certs, &ready.ca_pem, Path::new("/etc/ssl/certs/ca-certificates.crt"))
         .map_err(|e| LaunchError::step("provision", e.to_string()))?;
-    let extra_env = provision::ready_env(PROXY_INSIDE, &ready.placeholders);
+    let mut extra_env = provision::ready_env(PROXY_INSIDE, &ready.placeholders);
+    let user = &request.bottle.git_user;
+    extra_env.extend(provision::git_env(
+        request.bottle.repos.iter().map(|(name, repo)| (name.as_str(), repo.url.as_str())),
+        user.name.as_deref(),
+        user.email.as_deref(),
+    ));
     progress(<local::StartAgent as Step>::NAME);
     let agent = launch
         .step(
@@ -233,12 +249,62 @@ async fn wait_for_agent(
     }
 }
 
-/// The real values of every token the routes name, read from the host.
+/// The git gate for a bottle that declares repositories: its listener on the host's
+/// loopback (the sidecar runs on the host) and the egress route the agent reaches it by.
+fn git_gate_plan(
+    bottle: &ResolvedBottle,
+) -> Result<(Option<sidecar::GitGatePlan>, Option<bottle_egress::routes::RouteSpec>), LaunchError> {
+    if bottle.repos.is_empty() {
+        return Ok((None, None));
+    }
+    let fail = |e: std::io::Error| {
+        LaunchError::step(
+            <sidecar::StartSidecar as Step>::NAME,
+            format!("cannot listen for the git gate: {e}"),
+        )
+    };
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(fail)?;
+    let port = listener.local_addr().map_err(fail)?.port();
+    let repos = bottle
+        .repos
+        .iter()
+        .map(|(name, repo)| {
+            let settings = bottle_protocol::git_gate::RepoSettings {
+                url: repo.url.clone(),
+                token_ref: repo.token_ref.clone(),
+                username: "x-access-token".into(),
+                identity: repo.identity.clone(),
+                host_key: repo.host_key.clone(),
+            };
+            (name.clone(), settings)
+        })
+        .collect();
+    let plan = sidecar::GitGatePlan { listener: listener.into(), repos };
+    Ok((Some(plan), Some(provision::git_gate_route(port))))
+}
+
+/// The real values of every token the routes and the repositories name, read from the host.
 fn resolve_secrets(
     bottle: &ResolvedBottle,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Secrets, LaunchError> {
     let mut secrets = Secrets::new();
+    for (name, repo) in &bottle.repos {
+        let Some(token_ref) = &repo.token_ref else { continue };
+        match lookup(token_ref) {
+            Some(value) if !value.is_empty() => {
+                secrets.insert(token_ref.clone(), Secret::new(value));
+            }
+            _ => {
+                return Err(LaunchError::step(
+                    "resolve secrets",
+                    format!(
+                        "repo {name:?} uses ${token_ref}, which is not set in this environment"
+                    ),
+                ));
+            }
+        }
+    }
     for route in &bottle.routes {
         let Some(auth) = &route.auth else { continue };
         let name = &auth.token_ref;

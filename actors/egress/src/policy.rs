@@ -176,7 +176,7 @@ pub fn decide(table: &RouteTable, canaries: &Canaries, head: &RequestHead<'_>) -
         }
     }
     let lowered = decoded.to_ascii_lowercase();
-    if lowered.contains("git-receive-pack") {
+    if lowered.contains("git-receive-pack") && !route.spec.git.as_ref().is_some_and(|g| g.push) {
         return block("git push is not allowed through egress; push through the git gate");
     }
     if lowered.contains("git-upload-pack") && !route.spec.git.as_ref().is_some_and(|g| g.fetch) {
