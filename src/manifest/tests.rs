@@ -428,6 +428,10 @@ const ERROR_CASES: &[(&str, &str)] = &[
         "errors/repo-https-url.md: `git-gate.repos.app.url`: upstreams are ssh:// or https://: write ssh://[user@]host[:port]/path",
     ),
     (
+        "route-git-push.md",
+        "errors/route-git-push.md: `egress.routes[0].git.push`: pushes go through the git gate only: declare the repo under git-gate.repos",
+    ),
+    (
         "repo-bad-name.md",
         "errors/repo-bad-name.md: `git-gate.repos.-upload-pack`: a repo name is [A-Za-z0-9._-]+, not only dots and not starting with '-'",
     ),

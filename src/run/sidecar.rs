@@ -410,3 +410,49 @@ pub async fn status(control: &Path) -> Option<Reply> {
         .ok()?;
     Reply::from_line(&line).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bottle_protocol::secrets::Secret;
+
+    fn fd() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn a_bottle_with_repos_gets_a_git_gate_on_its_inherited_fd_and_no_secret_in_the_config() {
+        let mut secrets = Secrets::new();
+        secrets.insert("GH", Secret::new("ghp_real_value_never_rendered_0123"));
+        let repo = RepoSettings {
+            url: "https://example.com/o/demo.git".into(),
+            token_ref: Some("GH".into()),
+            username: "x-access-token".into(),
+            identity: None,
+            host_key: None,
+        };
+        let plan = SidecarPlan {
+            bottle_id: "b-1".into(),
+            state_dir: "/state/b-1".into(),
+            init_program: "bottle-init".into(),
+            routes_text: String::new(),
+            secrets,
+            egress: fd(),
+            upstream_ca: None,
+            approvals: "/approvals".into(),
+            git_gate: Some(GitGatePlan { listener: fd(), repos: [("demo".into(), repo)].into() }),
+        };
+        let config = render_config(&plan, &SidecarPaths::new(&plan.state_dir));
+        let text = config.to_toml().unwrap();
+        assert!(!text.contains("ghp_real_value"), "{text}");
+        assert_eq!(InitConfig::from_toml(&text).unwrap(), config);
+        let names: Vec<&str> = config.daemon.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["egress", "git-gate"]);
+        let Some(Builtin::GitGate(gate)) = &config.daemon[1].builtin else { panic!("{text}") };
+        assert_eq!(gate.listen, Listen::Fd(GIT_GATE_FD));
+        assert_eq!(gate.root, PathBuf::from("/state/b-1/git"));
+        assert_eq!(gate.approvals.as_deref(), Some(Path::new("/approvals")));
+        assert_eq!(gate.bottle, "b-1");
+        assert_eq!(gate.repos["demo"].token_ref.as_deref(), Some("GH"));
+    }
+}
