@@ -614,3 +614,30 @@ fn every_example_bottle_resolves_on_its_own() {
     }
     assert!(n >= 2, "only {n} example bottles in {}", examples.display());
 }
+
+#[test]
+fn an_https_repo_names_its_token_and_takes_no_ssh_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("web.md");
+    let https = "---\ngit-gate:\n  repos:\n    web:\n      url: https://example.com/o/web.git\n      token_ref: GH_TOKEN\n";
+    std::fs::write(&file, format!("{https}---\n")).unwrap();
+    let bottle = resolve_ok(file.to_str().unwrap());
+    let web = &bottle.repos["web"];
+    assert_eq!(web.token_ref.as_deref(), Some("GH_TOKEN"));
+    assert_eq!((web.identity.as_ref(), web.host_key.as_ref()), (None, None));
+    std::fs::write(&file, format!("{https}      host_key: ssh-ed25519 AAAA\n---\n")).unwrap();
+    let err = resolve_err(file.to_str().unwrap()).to_string();
+    assert!(
+        err.ends_with(
+            "`git-gate.repos.web.host_key`: is for ssh upstreams; an https one uses token_ref"
+        ),
+        "{err}"
+    );
+    std::fs::write(
+        &file,
+        "---\ngit-gate:\n  repos:\n    web:\n      url: https://u:p@example.com/o/web.git\n---\n",
+    )
+    .unwrap();
+    let err = resolve_err(file.to_str().unwrap()).to_string();
+    assert!(err.contains("credentials do not belong in the URL"), "{err}");
+}
