@@ -30,6 +30,10 @@ pub use discover::{MAX_NAME_LEN, SearchPath, Target, validate_name};
 pub use error::{ManifestError, Result, SourcePos};
 pub use merge::{MAX_BOTTLES, resolve};
 
+/// The host the agent's git reaches the bottle's git gate at, through egress. The
+/// launcher routes it; a bottle file may not.
+pub const GIT_GATE_HOST: &str = "git.bottle.internal";
+
 /// Largest bottle file read, in bytes: far above any real one, small enough that a
 /// mistaken path (a log, an image) fails at once.
 pub const MAX_FILE_BYTES: u64 = 256 * 1024;

@@ -428,6 +428,10 @@ const ERROR_CASES: &[(&str, &str)] = &[
         "errors/repo-https-url.md: `git-gate.repos.app.url`: upstreams are ssh:// or https://: write ssh://[user@]host[:port]/path",
     ),
     (
+        "route-gate-host.md",
+        "errors/route-gate-host.md: `egress.routes[0].host`: this host is the bottle's git gate; the launcher routes it",
+    ),
+    (
         "route-git-push.md",
         "errors/route-git-push.md: `egress.routes[0].git.push`: pushes go through the git gate only: declare the repo under git-gate.repos",
     ),

@@ -59,6 +59,14 @@ pub(crate) fn file(front: &Frontmatter, path: &Path) -> Result<()> {
         }
         if let Some(routes) = &egress.routes {
             routes_parse(routes).map_err(|(key_path, problem)| invalid(key_path, problem))?;
+            if let Some(i) =
+                routes.iter().position(|r| r.host.eq_ignore_ascii_case(super::GIT_GATE_HOST))
+            {
+                return Err(invalid(
+                    format!("egress.routes[{i}].host"),
+                    "this host is the bottle's git gate; the launcher routes it".into(),
+                ));
+            }
             if let Some(i) = routes.iter().position(|r| r.git.as_ref().is_some_and(|g| g.push)) {
                 return Err(invalid(
                     format!("egress.routes[{i}].git.push"),

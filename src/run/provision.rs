@@ -91,8 +91,7 @@ pub fn ready_env(proxy: &str, placeholders: &[(String, String)]) -> Vec<(String,
     env
 }
 
-/// The host the agent's git reaches the bottle's git gate at, through egress.
-pub const GIT_GATE_HOST: &str = "git.bottle.internal";
+pub use crate::manifest::GIT_GATE_HOST;
 
 /// The egress route to the git gate listening on the host's `127.0.0.1:<port>`: plain
 /// HTTP, fetch and push allowed (the only route that allows push), no credential, and
