@@ -360,3 +360,55 @@ pub fn inherited_stdio() -> std::io::Result<AgentStdio> {
         stderr: std::io::stderr().as_fd().try_clone_to_owned()?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::manifest::{GitRepo, GitUser};
+
+    fn bottle(repos: BTreeMap<String, GitRepo>) -> ResolvedBottle {
+        ResolvedBottle {
+            name: "b".into(),
+            env: BTreeMap::new(),
+            routes: Vec::new(),
+            egress_log: None,
+            git_user: GitUser::default(),
+            repos,
+            agent_provider: None,
+            image: None,
+            prompt: String::new(),
+            sources: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn declared_repos_get_a_listening_gate_a_route_and_their_tokens_resolved() {
+        assert!(matches!(git_gate_plan(&bottle(BTreeMap::new())), Ok((None, None))));
+        let ssh = GitRepo {
+            url: "ssh://git@example.com/o/infra.git".into(),
+            identity: Some("/keys/infra".into()),
+            host_key: Some("ssh-ed25519 AAAA".into()),
+            token_ref: None,
+        };
+        let https = GitRepo {
+            url: "https://example.com/o/web.git".into(),
+            identity: None,
+            host_key: None,
+            token_ref: Some("WEB_TOKEN".into()),
+        };
+        let b = bottle([("infra".into(), ssh), ("web".into(), https)].into());
+        let Ok((Some(plan), Some(route))) = git_gate_plan(&b) else { panic!("no gate") };
+        let listener = std::net::TcpListener::from(plan.listener);
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(route.connect, Some(format!("127.0.0.1:{port}")));
+        assert_eq!(plan.repos["infra"].host_key.as_deref(), Some("ssh-ed25519 AAAA"));
+        assert_eq!(plan.repos["web"].token_ref.as_deref(), Some("WEB_TOKEN"));
+        let secrets = resolve_secrets(&b, &|n| (n == "WEB_TOKEN").then(|| "v".to_string()));
+        assert!(secrets.unwrap().get("WEB_TOKEN").is_some());
+        let err = resolve_secrets(&b, &|_| None).unwrap_err().to_string();
+        assert!(err.contains("repo \"web\" uses $WEB_TOKEN, which is not set"), "{err}");
+    }
+}
