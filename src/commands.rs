@@ -25,7 +25,7 @@ pub(crate) struct RunArgs {
     workspace: Option<PathBuf>,
     /// Extra CA certificates (PEM) the sidecar trusts for upstream servers (a private
     /// registry's or a corporate CA), beside the machine's roots. The agent never sees it.
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", env = "BOTTLE_UPSTREAM_CA")]
     upstream_ca: Option<PathBuf>,
     /// The bottle: a name (~/.config/bottle/bottles/NAME.md, then ~/.bot-bottle/bottles/)
     /// or a path to a bottle file.

@@ -332,8 +332,16 @@ mod tests {
                 "`daemon[0].builtin` is not one of `egress`, `git-gate`, `supervise`",
             ),
             (
-                "[[daemon]]\nname = \"a\"\n[daemon.builtin.git-gate]\n",
-                "`daemon[0].builtin.git-gate`: daemon \"a\": builtin `git-gate` is not in this build",
+                "[[daemon]]\nname = \"a\"\n[daemon.builtin.git-gate.repos.\"..\"]\nurl = \"https://example.com/r.git\"\n",
+                "`daemon[0].builtin.git-gate`: git-gate repository \"..\": the name must match [A-Za-z0-9._-]+",
+            ),
+            (
+                "[[daemon]]\nname = \"a\"\n[daemon.builtin.git-gate.repos.r]\nurl = \"ssh://git@example.com/r.git\"\nidentity = \"/k\"\n",
+                "`daemon[0].builtin.git-gate`: git-gate repository \"r\": an ssh upstream needs `host_key` pinned",
+            ),
+            (
+                "[[daemon]]\nname = \"a\"\n[daemon.builtin.git-gate]\nroot = \"/g\"\nlisten = { port = 1 }\n",
+                "`daemon[0].builtin.git-gate.listen`",
             ),
             ("[[daemon]]\nname = \"a\"\n[daemon.builtin.egress]\n", "missing key `routes`"),
             (

@@ -120,6 +120,7 @@ struct PartialRepo {
     url: Option<String>,
     identity: Option<PathBuf>,
     host_key: Option<String>,
+    token_ref: Option<String>,
     declared_in: Vec<PathBuf>,
 }
 
@@ -166,6 +167,7 @@ fn fold(layers: &[Bottle], home: Option<&Path>) -> Result<ResolvedBottle> {
                 }
                 repo.url = spec.url.clone().or(repo.url.take());
                 repo.host_key = spec.host_key.clone().or(repo.host_key.take());
+                repo.token_ref = spec.token_ref.clone().or(repo.token_ref.take());
             }
         }
         out.agent_provider = front.agent_provider.clone().or(out.agent_provider.take());
@@ -225,22 +227,44 @@ fn complete_repos(
 ) -> Result<BTreeMap<String, GitRepo>> {
     let mut out = BTreeMap::new();
     for (repo_name, repo) in repos {
-        let missing = |field: &str| ManifestError::Merged {
+        let problem = |field: &str, problem: String| ManifestError::Merged {
             name: name.to_string(),
             key_path: format!("git-gate.repos.{repo_name}.{field}"),
-            problem: format!(
-                "required, and no file sets it (the repo is declared in {})",
-                repo.declared_in
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            problem,
+        };
+        let declared =
+            repo.declared_in.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        let missing = |field: &str| {
+            problem(
+                field,
+                format!("required, and no file sets it (the repo is declared in {declared})"),
+            )
         };
         let url = repo.url.clone().ok_or_else(|| missing("url"))?;
-        let identity = repo.identity.clone().ok_or_else(|| missing("identity"))?;
-        let host_key = repo.host_key.clone().ok_or_else(|| missing("host_key"))?;
-        out.insert(repo_name, GitRepo { url, identity, host_key });
+        let repo = if url.starts_with("https://") {
+            for (field, set) in
+                [("identity", repo.identity.is_some()), ("host_key", repo.host_key.is_some())]
+            {
+                if set {
+                    return Err(problem(
+                        field,
+                        "is for ssh upstreams; an https one uses token_ref".into(),
+                    ));
+                }
+            }
+            GitRepo { url, identity: None, host_key: None, token_ref: repo.token_ref.clone() }
+        } else {
+            if repo.token_ref.is_some() {
+                return Err(problem(
+                    "token_ref",
+                    "is for https upstreams; an ssh one uses identity".into(),
+                ));
+            }
+            let identity = repo.identity.clone().ok_or_else(|| missing("identity"))?;
+            let host_key = repo.host_key.clone().ok_or_else(|| missing("host_key"))?;
+            GitRepo { url, identity: Some(identity), host_key: Some(host_key), token_ref: None }
+        };
+        out.insert(repo_name, repo);
     }
     Ok(out)
 }

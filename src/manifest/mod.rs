@@ -30,6 +30,10 @@ pub use discover::{MAX_NAME_LEN, SearchPath, Target, validate_name};
 pub use error::{ManifestError, Result, SourcePos};
 pub use merge::{MAX_BOTTLES, resolve};
 
+/// The host the agent's git reaches the bottle's git gate at, through egress. The
+/// launcher routes it; a bottle file may not.
+pub const GIT_GATE_HOST: &str = "git.bottle.internal";
+
 /// Largest bottle file read, in bytes: far above any real one, small enough that a
 /// mistaken path (a log, an image) fails at once.
 pub const MAX_FILE_BYTES: u64 = 256 * 1024;
@@ -99,13 +103,15 @@ pub struct GitUser {
 /// One upstream of the git gate, complete after merging.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GitRepo {
-    /// The `ssh://` upstream URL.
+    /// The `ssh://` or `https://` upstream URL.
     pub url: String,
-    /// The SSH private key on the host (absolute: `~/` expanded, relative paths taken
-    /// from the directory of the file that set it).
-    pub identity: PathBuf,
-    /// The pinned SSH host key of the upstream.
-    pub host_key: String,
+    /// SSH: the private key on the host (absolute: `~/` expanded, relative paths taken
+    /// from the directory of the file that set it). Required for ssh, refused for https.
+    pub identity: Option<PathBuf>,
+    /// SSH: the pinned host key of the upstream. Required for ssh, refused for https.
+    pub host_key: Option<String>,
+    /// HTTPS: the host variable holding the token the gate injects (none: anonymous).
+    pub token_ref: Option<String>,
 }
 
 /// Where the agent's image comes from.

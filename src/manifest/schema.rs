@@ -104,11 +104,12 @@ pub(crate) struct GitUserSpec {
 }
 
 /// `git-gate.repos.<name>`: every field optional here (a child may override one field
-/// of its parent's repo); all three are required once merged.
+/// of its parent's repo); once merged, `url` is required, and `identity` and `host_key`
+/// for an ssh upstream.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RepoSpec {
-    /// `ssh://` upstream.
+    /// `ssh://` or `https://` upstream.
     #[serde(default)]
     pub(crate) url: Option<String>,
     /// Host path of the SSH private key for the upstream.
@@ -117,6 +118,9 @@ pub(crate) struct RepoSpec {
     /// The upstream's SSH host key (`<type> <base64>`), pinned: no trust on first use.
     #[serde(default)]
     pub(crate) host_key: Option<String>,
+    /// HTTPS: the host variable holding the token the gate sends upstream.
+    #[serde(default)]
+    pub(crate) token_ref: Option<String>,
 }
 
 /// A route's `role:` key, which the reference reserves. Deserializing it always fails, so

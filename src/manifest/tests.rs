@@ -46,8 +46,10 @@ fn render(bottle: &ResolvedBottle) -> String {
     out.push(format!("egress.log: {:?}", bottle.egress_log));
     out.push(format!("user: {:?} {:?}", bottle.git_user.name, bottle.git_user.email));
     for (name, r) in &bottle.repos {
-        let identity = relative(&r.identity.display().to_string());
-        out.push(format!("repo {name}: {} {identity} {}", r.url, r.host_key));
+        let identity = r.identity.as_ref().map(|i| relative(&i.display().to_string()));
+        let identity = identity.unwrap_or_default();
+        let host_key = r.host_key.clone().unwrap_or_default();
+        out.push(format!("repo {name}: {} {identity} {host_key}", r.url));
     }
     out.push(format!("agent_provider: {:?}", bottle.agent_provider));
     let image = match &bottle.image {
@@ -150,7 +152,7 @@ fn an_explicit_path_is_read_even_outside_the_search_path() {
 fn a_relative_path_is_taken_from_the_current_directory() {
     let bottle = resolve_ok("../home/.config/bottle/bottles/base.md");
     assert_eq!(bottle.sources, [fixtures().join("cwd/../home/.config/bottle/bottles/base.md")]);
-    let identity = &bottle.repos["shared"].identity;
+    let identity = bottle.repos["shared"].identity.as_ref().unwrap();
     assert!(identity.is_absolute(), "{}", identity.display());
     assert!(identity.ends_with("home/.config/bottle/bottles/keys/shared"));
 }
@@ -423,7 +425,15 @@ const ERROR_CASES: &[(&str, &str)] = &[
     ),
     (
         "repo-https-url.md",
-        "errors/repo-https-url.md: `git-gate.repos.app.url`: upstreams are SSH only: write ssh://[user@]host[:port]/path",
+        "errors/repo-https-url.md: `git-gate.repos.app.url`: upstreams are ssh:// or https://: write ssh://[user@]host[:port]/path",
+    ),
+    (
+        "route-gate-host.md",
+        "errors/route-gate-host.md: `egress.routes[0].host`: this host is the bottle's git gate; the launcher routes it",
+    ),
+    (
+        "route-git-push.md",
+        "errors/route-git-push.md: `egress.routes[0].git.push`: pushes go through the git gate only: declare the repo under git-gate.repos",
     ),
     (
         "repo-bad-name.md",
@@ -607,4 +617,31 @@ fn every_example_bottle_resolves_on_its_own() {
         }
     }
     assert!(n >= 2, "only {n} example bottles in {}", examples.display());
+}
+
+#[test]
+fn an_https_repo_names_its_token_and_takes_no_ssh_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("web.md");
+    let https = "---\ngit-gate:\n  repos:\n    web:\n      url: https://example.com/o/web.git\n      token_ref: GH_TOKEN\n";
+    std::fs::write(&file, format!("{https}---\n")).unwrap();
+    let bottle = resolve_ok(file.to_str().unwrap());
+    let web = &bottle.repos["web"];
+    assert_eq!(web.token_ref.as_deref(), Some("GH_TOKEN"));
+    assert_eq!((web.identity.as_ref(), web.host_key.as_ref()), (None, None));
+    std::fs::write(&file, format!("{https}      host_key: ssh-ed25519 AAAA\n---\n")).unwrap();
+    let err = resolve_err(file.to_str().unwrap()).to_string();
+    assert!(
+        err.ends_with(
+            "`git-gate.repos.web.host_key`: is for ssh upstreams; an https one uses token_ref"
+        ),
+        "{err}"
+    );
+    std::fs::write(
+        &file,
+        "---\ngit-gate:\n  repos:\n    web:\n      url: https://u:p@example.com/o/web.git\n---\n",
+    )
+    .unwrap();
+    let err = resolve_err(file.to_str().unwrap()).to_string();
+    assert!(err.contains("credentials do not belong in the URL"), "{err}");
 }

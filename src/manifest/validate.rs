@@ -59,6 +59,21 @@ pub(crate) fn file(front: &Frontmatter, path: &Path) -> Result<()> {
         }
         if let Some(routes) = &egress.routes {
             routes_parse(routes).map_err(|(key_path, problem)| invalid(key_path, problem))?;
+            if let Some(i) =
+                routes.iter().position(|r| r.host.eq_ignore_ascii_case(super::GIT_GATE_HOST))
+            {
+                return Err(invalid(
+                    format!("egress.routes[{i}].host"),
+                    "this host is the bottle's git gate; the launcher routes it".into(),
+                ));
+            }
+            if let Some(i) = routes.iter().position(|r| r.git.as_ref().is_some_and(|g| g.push)) {
+                return Err(invalid(
+                    format!("egress.routes[{i}].git.push"),
+                    "pushes go through the git gate only: declare the repo under git-gate.repos"
+                        .into(),
+                ));
+            }
         }
     }
     Ok(())
@@ -133,7 +148,7 @@ fn git_gate(front: &Frontmatter, invalid: &Invalid<'_>) -> Result<()> {
 
 fn repo_fields(repo: &RepoSpec, key_path: &str, invalid: &Invalid<'_>) -> Result<()> {
     if let Some(url) = &repo.url
-        && let Err(problem) = check_ssh_url(url)
+        && let Err(problem) = check_url(url)
     {
         return Err(invalid(format!("{key_path}.url"), problem.into()));
     }
@@ -153,10 +168,24 @@ fn repo_fields(repo: &RepoSpec, key_path: &str, invalid: &Invalid<'_>) -> Result
     Ok(())
 }
 
-/// Upstreams are SSH only, as in the reference (`ssh://[user@]host[:port]/path`).
+/// Upstreams are SSH (`ssh://[user@]host[:port]/path`, as in the reference) or HTTPS
+/// (`https://host[:port]/path`, the gate injecting a `token_ref`; no credentials in the URL).
+/// The gate checks them again, fully, at load.
+fn check_url(url: &str) -> std::result::Result<(), &'static str> {
+    if let Some(rest) = url.strip_prefix("https://") {
+        if rest.split('/').next().unwrap_or_default().contains('@') {
+            return Err("credentials do not belong in the URL: name the token with token_ref");
+        }
+        return check_ssh_url(&format!("ssh://{rest}"))
+            .map_err(|_| "write https://host[:port]/path (no spaces, a host and a path)");
+    }
+    check_ssh_url(url)
+}
+
+/// `ssh://[user@]host[:port]/path`.
 fn check_ssh_url(url: &str) -> std::result::Result<(), &'static str> {
     let Some(rest) = url.strip_prefix("ssh://") else {
-        return Err("upstreams are SSH only: write ssh://[user@]host[:port]/path");
+        return Err("upstreams are ssh:// or https://: write ssh://[user@]host[:port]/path");
     };
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("a URL has no spaces or control characters");
@@ -243,15 +272,24 @@ mod tests {
 
     #[test]
     fn ssh_urls_need_a_host_and_a_path() {
+        check_url("https://example.com/org/repo.git").unwrap();
+        assert_eq!(
+            check_url("https://user:pw@example.com/repo"),
+            Err("credentials do not belong in the URL: name the token with token_ref")
+        );
+        assert_eq!(
+            check_url("https://example.com"),
+            Err("write https://host[:port]/path (no spaces, a host and a path)")
+        );
         check_ssh_url("ssh://git@example.com/org/repo.git").unwrap();
         check_ssh_url("ssh://example.com:2222/repo").unwrap();
         assert_eq!(
             check_ssh_url("https://example.com/repo"),
-            Err("upstreams are SSH only: write ssh://[user@]host[:port]/path")
+            Err("upstreams are ssh:// or https://: write ssh://[user@]host[:port]/path")
         );
         assert_eq!(
             check_ssh_url("git@example.com:org/repo.git"),
-            Err("upstreams are SSH only: write ssh://[user@]host[:port]/path")
+            Err("upstreams are ssh:// or https://: write ssh://[user@]host[:port]/path")
         );
         assert_eq!(
             check_ssh_url("ssh://git@/repo"),

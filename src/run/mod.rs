@@ -182,25 +182,41 @@ async fn launch_and_wait(
     // Every resource this launch allocates exists now: let other launches allocate.
     alloc.release_lock();
     progress(<sidecar::StartSidecar as Step>::NAME);
+    let (git_gate, gate_route) = git_gate_plan(&request.bottle)?;
+    let mut routes = request.bottle.routes.clone();
+    routes.extend(gate_route);
     let plan = sidecar::SidecarPlan {
         bottle_id: id.clone(),
         state_dir: dir.clone(),
         init_program: local::companion("bottle-init", request.libexec.clone()),
-        routes_text: request.bottle.routes_file_text(),
+        routes_text: crate::manifest::routes_file_text(&routes),
         secrets,
         egress: prepared.egress,
         upstream_ca: request.upstream_ca.clone(),
         approvals: request.approvals.clone(),
+        git_gate,
     };
     let running = launch.step(sidecar::StartSidecar::new(reaper.clone(), GRACE), plan).await?;
     let _ = alloc.update(|r| r.sidecar = running.identity);
     progress(<sidecar::WaitReady as Step>::NAME);
     let ready = launch
-        .step(sidecar::WaitReady { deadline: Duration::from_secs(30) }, running.clone())
+        .step(
+            sidecar::WaitReady {
+                deadline: Duration::from_secs(30),
+                git_gate: !request.bottle.repos.is_empty(),
+            },
+            running.clone(),
+        )
         .await?;
     provision::write_trust(&certs, &ready.ca_pem, Path::new("/etc/ssl/certs/ca-certificates.crt"))
         .map_err(|e| LaunchError::step("provision", e.to_string()))?;
-    let extra_env = provision::ready_env(PROXY_INSIDE, &ready.placeholders);
+    let mut extra_env = provision::ready_env(PROXY_INSIDE, &ready.placeholders);
+    let user = &request.bottle.git_user;
+    extra_env.extend(provision::git_env(
+        request.bottle.repos.iter().map(|(name, repo)| (name.as_str(), repo.url.as_str())),
+        user.name.as_deref(),
+        user.email.as_deref(),
+    ));
     progress(<local::StartAgent as Step>::NAME);
     let agent = launch
         .step(
@@ -252,12 +268,62 @@ async fn wait_for_agent(
     }
 }
 
-/// The real values of every token the routes name, read from the host.
+/// The git gate for a bottle that declares repositories: its listener on the host's
+/// loopback (the sidecar runs on the host) and the egress route the agent reaches it by.
+fn git_gate_plan(
+    bottle: &ResolvedBottle,
+) -> Result<(Option<sidecar::GitGatePlan>, Option<bottle_egress::routes::RouteSpec>), LaunchError> {
+    if bottle.repos.is_empty() {
+        return Ok((None, None));
+    }
+    let fail = |e: std::io::Error| {
+        LaunchError::step(
+            <sidecar::StartSidecar as Step>::NAME,
+            format!("cannot listen for the git gate: {e}"),
+        )
+    };
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(fail)?;
+    let port = listener.local_addr().map_err(fail)?.port();
+    let repos = bottle
+        .repos
+        .iter()
+        .map(|(name, repo)| {
+            let settings = bottle_protocol::git_gate::RepoSettings {
+                url: repo.url.clone(),
+                token_ref: repo.token_ref.clone(),
+                username: "x-access-token".into(),
+                identity: repo.identity.clone(),
+                host_key: repo.host_key.clone(),
+            };
+            (name.clone(), settings)
+        })
+        .collect();
+    let plan = sidecar::GitGatePlan { listener: listener.into(), repos };
+    Ok((Some(plan), Some(provision::git_gate_route(port))))
+}
+
+/// The real values of every token the routes and the repositories name, read from the host.
 fn resolve_secrets(
     bottle: &ResolvedBottle,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Secrets, LaunchError> {
     let mut secrets = Secrets::new();
+    for (name, repo) in &bottle.repos {
+        let Some(token_ref) = &repo.token_ref else { continue };
+        match lookup(token_ref) {
+            Some(value) if !value.is_empty() => {
+                secrets.insert(token_ref.clone(), Secret::new(value));
+            }
+            _ => {
+                return Err(LaunchError::step(
+                    "resolve secrets",
+                    format!(
+                        "repo {name:?} uses ${token_ref}, which is not set in this environment"
+                    ),
+                ));
+            }
+        }
+    }
     for route in &bottle.routes {
         let Some(auth) = &route.auth else { continue };
         let name = &auth.token_ref;
@@ -312,4 +378,56 @@ pub fn inherited_stdio() -> std::io::Result<AgentStdio> {
         stdout: std::io::stdout().as_fd().try_clone_to_owned()?,
         stderr: std::io::stderr().as_fd().try_clone_to_owned()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::manifest::{GitRepo, GitUser};
+
+    fn bottle(repos: BTreeMap<String, GitRepo>) -> ResolvedBottle {
+        ResolvedBottle {
+            name: "b".into(),
+            env: BTreeMap::new(),
+            routes: Vec::new(),
+            egress_log: None,
+            git_user: GitUser::default(),
+            repos,
+            agent_provider: None,
+            image: None,
+            prompt: String::new(),
+            sources: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn declared_repos_get_a_listening_gate_a_route_and_their_tokens_resolved() {
+        assert!(matches!(git_gate_plan(&bottle(BTreeMap::new())), Ok((None, None))));
+        let ssh = GitRepo {
+            url: "ssh://git@example.com/o/infra.git".into(),
+            identity: Some("/keys/infra".into()),
+            host_key: Some("ssh-ed25519 AAAA".into()),
+            token_ref: None,
+        };
+        let https = GitRepo {
+            url: "https://example.com/o/web.git".into(),
+            identity: None,
+            host_key: None,
+            token_ref: Some("WEB_TOKEN".into()),
+        };
+        let b = bottle([("infra".into(), ssh), ("web".into(), https)].into());
+        let Ok((Some(plan), Some(route))) = git_gate_plan(&b) else { panic!("no gate") };
+        let listener = std::net::TcpListener::from(plan.listener);
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(route.connect, Some(format!("127.0.0.1:{port}")));
+        assert_eq!(plan.repos["infra"].host_key.as_deref(), Some("ssh-ed25519 AAAA"));
+        assert_eq!(plan.repos["web"].token_ref.as_deref(), Some("WEB_TOKEN"));
+        let secrets = resolve_secrets(&b, &|n| (n == "WEB_TOKEN").then(|| "v".to_string()));
+        assert!(secrets.unwrap().get("WEB_TOKEN").is_some());
+        let err = resolve_secrets(&b, &|_| None).unwrap_err().to_string();
+        assert!(err.contains("repo \"web\" uses $WEB_TOKEN, which is not set"), "{err}");
+    }
 }

@@ -91,6 +91,49 @@ pub fn ready_env(proxy: &str, placeholders: &[(String, String)]) -> Vec<(String,
     env
 }
 
+pub use crate::manifest::GIT_GATE_HOST;
+
+/// The egress route to the git gate listening on the host's `127.0.0.1:<port>`: plain
+/// HTTP, fetch and push allowed (the only route that allows push), no credential, and
+/// no DLP (the gate scans every push itself, before upstream sees it).
+pub fn git_gate_route(port: u16) -> bottle_egress::routes::RouteSpec {
+    serde_json::from_value(serde_json::json!({
+        "host": GIT_GATE_HOST,
+        "connect": format!("127.0.0.1:{port}"),
+        "git": { "fetch": true, "push": true },
+        "dlp": { "outbound_detectors": false, "inbound_detectors": false },
+    }))
+    .expect("the git gate route matches the routes schema")
+}
+
+/// The agent's git configuration, as environment variables only (`GIT_CONFIG_COUNT`,
+/// `GIT_CONFIG_KEY_n`, `GIT_CONFIG_VALUE_n`): each declared upstream URL is rewritten to
+/// the gate (`url.<gate>.insteadOf`), and the commit identity is set. No secret: the
+/// upstream URLs and the identity are the manifest's.
+pub fn git_env<'a>(
+    repos: impl IntoIterator<Item = (&'a str, &'a str)>,
+    user_name: Option<&str>,
+    user_email: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = repos
+        .into_iter()
+        .map(|(name, url)| {
+            (format!("url.http://{GIT_GATE_HOST}/{name}.git.insteadOf"), url.to_string())
+        })
+        .collect();
+    pairs.extend(user_name.map(|n| ("user.name".to_string(), n.to_string())));
+    pairs.extend(user_email.map(|e| ("user.email".to_string(), e.to_string())));
+    if pairs.is_empty() {
+        return Vec::new();
+    }
+    let mut env = vec![("GIT_CONFIG_COUNT".to_string(), pairs.len().to_string())];
+    for (i, (key, value)) in pairs.into_iter().enumerate() {
+        env.push((format!("GIT_CONFIG_KEY_{i}"), key));
+        env.push((format!("GIT_CONFIG_VALUE_{i}"), value));
+    }
+    env
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +156,28 @@ mod tests {
             base.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
             ["PATH", "HOME", "LANG", "TERM", "FOO"]
         );
+    }
+
+    #[test]
+    fn the_agents_git_is_pointed_at_the_gate_through_the_environment() {
+        let env = git_env(
+            [("demo", "https://example.com/o/demo.git")],
+            Some("Agent"),
+            Some("agent@example.com"),
+        );
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("GIT_CONFIG_COUNT"), Some("3"));
+        assert_eq!(
+            get("GIT_CONFIG_KEY_0"),
+            Some("url.http://git.bottle.internal/demo.git.insteadOf")
+        );
+        assert_eq!(get("GIT_CONFIG_VALUE_0"), Some("https://example.com/o/demo.git"));
+        assert_eq!(get("GIT_CONFIG_KEY_2"), Some("user.email"));
+        assert!(git_env([], None, None).is_empty());
+        let route = git_gate_route(4242);
+        assert_eq!(route.connect.as_deref(), Some("127.0.0.1:4242"));
+        assert!(route.git.as_ref().is_some_and(|g| g.push && g.fetch));
+        assert!(route.auth.is_none());
     }
 
     #[test]

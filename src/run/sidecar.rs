@@ -17,6 +17,7 @@ use std::time::Duration;
 use bottle_proc::{ExitStatus, InheritFd, Pid, ProcessIdentity, Reaper, SpawnSpec};
 use bottle_protocol::control::{Reply, Request};
 use bottle_protocol::egress::{EgressSettings, Listen};
+use bottle_protocol::git_gate::{GitGateSettings, RepoSettings};
 use bottle_protocol::init::{Builtin, DaemonConfig, InitConfig, SecretsSource};
 use bottle_protocol::secrets::Secrets;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -28,6 +29,17 @@ use crate::launch::{LaunchError, Step, StepContext};
 pub const EGRESS_FD: i32 = 3;
 /// The fd `bottle-init` reads the secrets map from.
 pub const SECRETS_FD: i32 = 4;
+/// The fd `bottle-init` finds the git gate's listener at.
+pub const GIT_GATE_FD: i32 = 5;
+
+/// The git gate of a bottle that declares repositories.
+#[derive(Debug)]
+pub struct GitGatePlan {
+    /// The gate's listening socket (the launcher binds it; egress connects to it).
+    pub listener: OwnedFd,
+    /// The declared repositories (token names only).
+    pub repos: std::collections::BTreeMap<String, RepoSettings>,
+}
 
 /// Everything the sidecar step needs.
 pub struct SidecarPlan {
@@ -47,6 +59,8 @@ pub struct SidecarPlan {
     pub upstream_ca: Option<PathBuf>,
     /// The approval queue folder shared with `bottle approvals`.
     pub approvals: PathBuf,
+    /// The git gate, when the bottle declares repositories.
+    pub git_gate: Option<GitGatePlan>,
 }
 
 impl std::fmt::Debug for SidecarPlan {
@@ -75,6 +89,8 @@ pub struct SidecarPaths {
     pub log: PathBuf,
     /// `sidecar-exit.json`.
     pub exit_report: PathBuf,
+    /// `git/`: the git gate's mirrors and its own files.
+    pub git: PathBuf,
 }
 
 impl SidecarPaths {
@@ -88,6 +104,7 @@ impl SidecarPaths {
             audit: state_dir.join("audit.jsonl"),
             log: state_dir.join("sidecar.log"),
             exit_report: state_dir.join("sidecar-exit.json"),
+            git: state_dir.join("git"),
         }
     }
 }
@@ -129,11 +146,21 @@ pub fn render_config(plan: &SidecarPlan, paths: &SidecarPaths) -> InitConfig {
     egress.upstream_ca = plan.upstream_ca.clone();
     egress.approvals = Some(plan.approvals.clone());
     egress.bottle = plan.bottle_id.clone();
+    let mut daemon = vec![DaemonConfig::builtin("egress", Builtin::Egress(egress))];
+    if let Some(gate) = &plan.git_gate {
+        let mut settings = GitGateSettings::new(&paths.git);
+        settings.listen = Listen::Fd(GIT_GATE_FD);
+        settings.repos = gate.repos.clone();
+        settings.approvals = Some(plan.approvals.clone());
+        settings.bottle = plan.bottle_id.clone();
+        settings.upstream_ca = plan.upstream_ca.clone();
+        daemon.push(DaemonConfig::builtin("git-gate", Builtin::GitGate(settings)));
+    }
     InitConfig {
         control_socket: Some(paths.control.clone()),
         exit_report: Some(paths.exit_report.clone()),
         secrets: SecretsSource::Fd(SECRETS_FD),
-        daemon: vec![DaemonConfig::builtin("egress", Builtin::Egress(egress))],
+        daemon,
         ..InitConfig::default()
     }
 }
@@ -172,7 +199,11 @@ impl Step for StartSidecar {
     type Output = Sidecar;
     const NAME: &'static str = "start the sidecar";
 
-    async fn run(&mut self, plan: SidecarPlan, _: &StepContext) -> Result<Sidecar, LaunchError> {
+    async fn run(
+        &mut self,
+        mut plan: SidecarPlan,
+        _: &StepContext,
+    ) -> Result<Sidecar, LaunchError> {
         let paths = SidecarPaths::new(&plan.state_dir);
         write_private(&paths.routes, &plan.routes_text)
             .map_err(|e| failed(format!("cannot write the routes file: {e}")))?;
@@ -181,6 +212,13 @@ impl Step for StartSidecar {
             .map_err(|e| failed(format!("cannot write the sidecar config: {e}")))?;
         let secrets = secrets_pipe(&plan.secrets)
             .map_err(|e| failed(format!("cannot pass the secrets: {e}")))?;
+        let mut inherit = vec![
+            InheritFd { fd: plan.egress, target: EGRESS_FD },
+            InheritFd { fd: secrets, target: SECRETS_FD },
+        ];
+        if let Some(gate) = plan.git_gate.take() {
+            inherit.push(InheritFd { fd: gate.listener, target: GIT_GATE_FD });
+        }
         let spec = SpawnSpec {
             argv: vec![
                 plan.init_program.clone().into(),
@@ -194,10 +232,7 @@ impl Step for StartSidecar {
             ],
             cwd: Some(plan.state_dir.clone()),
             capture_output: true,
-            inherit: vec![
-                InheritFd { fd: plan.egress, target: EGRESS_FD },
-                InheritFd { fd: secrets, target: SECRETS_FD },
-            ],
+            inherit,
             ..SpawnSpec::default()
         };
         let mut child = self.reaper.spawn(spec).map_err(failed)?;
@@ -305,6 +340,8 @@ pub struct Ready {
 pub struct WaitReady {
     /// Overall budget.
     pub deadline: Duration,
+    /// Whether the git gate must be running too.
+    pub git_gate: bool,
 }
 
 impl Step for WaitReady {
@@ -324,10 +361,11 @@ impl Step for WaitReady {
             },
             deadline: self.deadline,
         };
+        let daemons: &[&str] = if self.git_gate { &["egress", "git-gate"] } else { &["egress"] };
         let probe = || {
             let sidecar = sidecar.clone();
             async move {
-                sidecar.exited.borrow().is_some() || egress_running(&sidecar.paths.control).await
+                sidecar.exited.borrow().is_some() || running(&sidecar.paths.control, daemons).await
             }
         };
         bottle_runtime::readiness::poll_until("the sidecar's egress", schedule, || 0.0, probe)
@@ -361,8 +399,13 @@ impl Step for WaitReady {
 
 /// True when the control socket answers and its `egress` daemon runs.
 pub async fn egress_running(control: &Path) -> bool {
+    running(control, &["egress"]).await
+}
+
+/// True when the control socket answers and every one of `daemons` runs.
+pub async fn running(control: &Path, daemons: &[&str]) -> bool {
     matches!(status(control).await, Some(Reply::Status(tree))
-        if tree.children.iter().any(|d| d.name == "egress" && d.running))
+        if daemons.iter().all(|name| tree.children.iter().any(|d| d.name == *name && d.running)))
 }
 
 /// One control-socket request and its reply.
@@ -376,4 +419,50 @@ pub async fn status(control: &Path) -> Option<Reply> {
         .ok()?
         .ok()?;
     Reply::from_line(&line).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bottle_protocol::secrets::Secret;
+
+    fn fd() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn a_bottle_with_repos_gets_a_git_gate_on_its_inherited_fd_and_no_secret_in_the_config() {
+        let mut secrets = Secrets::new();
+        secrets.insert("GH", Secret::new("ghp_real_value_never_rendered_0123"));
+        let repo = RepoSettings {
+            url: "https://example.com/o/demo.git".into(),
+            token_ref: Some("GH".into()),
+            username: "x-access-token".into(),
+            identity: None,
+            host_key: None,
+        };
+        let plan = SidecarPlan {
+            bottle_id: "b-1".into(),
+            state_dir: "/state/b-1".into(),
+            init_program: "bottle-init".into(),
+            routes_text: String::new(),
+            secrets,
+            egress: fd(),
+            upstream_ca: None,
+            approvals: "/approvals".into(),
+            git_gate: Some(GitGatePlan { listener: fd(), repos: [("demo".into(), repo)].into() }),
+        };
+        let config = render_config(&plan, &SidecarPaths::new(&plan.state_dir));
+        let text = config.to_toml().unwrap();
+        assert!(!text.contains("ghp_real_value"), "{text}");
+        assert_eq!(InitConfig::from_toml(&text).unwrap(), config);
+        let names: Vec<&str> = config.daemon.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["egress", "git-gate"]);
+        let Some(Builtin::GitGate(gate)) = &config.daemon[1].builtin else { panic!("{text}") };
+        assert_eq!(gate.listen, Listen::Fd(GIT_GATE_FD));
+        assert_eq!(gate.root, PathBuf::from("/state/b-1/git"));
+        assert_eq!(gate.approvals.as_deref(), Some(Path::new("/approvals")));
+        assert_eq!(gate.bottle, "b-1");
+        assert_eq!(gate.repos["demo"].token_ref.as_deref(), Some("GH"));
+    }
 }

@@ -176,7 +176,7 @@ pub fn decide(table: &RouteTable, canaries: &Canaries, head: &RequestHead<'_>) -
         }
     }
     let lowered = decoded.to_ascii_lowercase();
-    if lowered.contains("git-receive-pack") {
+    if lowered.contains("git-receive-pack") && !route.spec.git.as_ref().is_some_and(|g| g.push) {
         return block("git push is not allowed through egress; push through the git gate");
     }
     if lowered.contains("git-upload-pack") && !route.spec.git.as_ref().is_some_and(|g| g.fetch) {
@@ -348,6 +348,8 @@ mod tests {
   - host: 93.184.216.34
   - host: doh.example.net
     doh: true
+  - host: git.bottle.internal
+    git: {fetch: true, push: true}
 "#,
             &env,
         )
@@ -483,7 +485,7 @@ mod tests {
     }
 
     #[test]
-    fn git_push_is_blocked_everywhere_and_fetch_needs_the_flag() {
+    fn git_push_is_blocked_everywhere_but_the_gate_route_and_fetch_needs_the_flag() {
         for path in [
             "/org/repo.git/git-receive-pack",
             "/org/repo.git/info/refs?service=git-receive-pack",
@@ -492,6 +494,13 @@ mod tests {
             "/org/repo.git/GIT-RECEIVE-PACK",
         ] {
             assert!(blocked(&check(head("POST", "github.com", path, &[])), "git push"), "{path}");
+            assert!(
+                matches!(
+                    check(head("POST", "git.bottle.internal", path, &[])),
+                    Verdict::Allow { .. }
+                ),
+                "the git gate's route allows push: {path}"
+            );
         }
         assert!(matches!(
             check(head(

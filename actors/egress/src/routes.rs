@@ -266,9 +266,14 @@ pub struct RouteDlp {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct GitSpec {
-    /// Allow fetch and clone (`git-upload-pack`). Pushes are always refused here.
+    /// Allow fetch and clone (`git-upload-pack`).
     #[serde(default)]
     pub fetch: bool,
+    /// Allow push (`git-receive-pack`). Only the route the launcher adds to the bottle's
+    /// own git gate sets it (the gate scans every push before upstream sees it); a
+    /// bottle file may not (the manifest refuses it), so pushes never leave directly.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub push: bool,
 }
 
 /// A compiled route. Its `Debug` shows whether it has a token, never the token.

@@ -26,7 +26,7 @@ use crate::gate::GitGate;
 use crate::mirror::Mirror;
 use crate::process::Git;
 use crate::scan::ScanLimits;
-use crate::settings::{GitGateSettings, Scheme};
+use crate::settings::{GitGateSettings, Listen, Scheme};
 use crate::upstream::{SshPin, Upstream, known_hosts_line};
 
 /// Everything the git gate actor can be asked. Closed on purpose.
@@ -46,6 +46,9 @@ pub struct GitGateArgs {
     pub secrets: Secrets,
     /// Where the bound address is reported (the factory reads it).
     listening: Arc<Mutex<Option<SocketAddr>>>,
+    /// The socket adopted from [`Listen::Fd`], once, on the first start; clones share
+    /// it, so a restart accepts on the same one.
+    inherited: Arc<Mutex<Option<std::net::TcpListener>>>,
 }
 
 /// The actor.
@@ -87,7 +90,7 @@ pub async fn build_gate(
     approvals: Option<ApprovalClient>,
     key: &FingerprintKey,
 ) -> Result<GitGate, GitGateError> {
-    let urls = settings.validate()?;
+    let urls = crate::settings::validate(settings)?;
     let reaper = bottle_runtime::process_reaper().map_err(|e| GitGateError::Io {
         path: settings.root.clone(),
         source: std::io::Error::other(e.to_string()),
@@ -164,6 +167,35 @@ pub async fn build_gate(
     })
 }
 
+fn describe(listen: Listen) -> String {
+    match listen {
+        Listen::Addr(addr) => addr.to_string(),
+        Listen::Fd(fd) => format!("inherited fd {fd}"),
+    }
+}
+
+/// Binds the address, or accepts on the inherited descriptor (adopted on the first
+/// start, duplicated for each start after).
+fn open_listener(args: &GitGateArgs) -> Result<tokio::net::TcpListener, GitGateError> {
+    let listen = args.settings.listen;
+    let fail = |source| GitGateError::Bind { listen: describe(listen), source };
+    let std_listener = match listen {
+        Listen::Addr(addr) => std::net::TcpListener::bind(addr).map_err(fail)?,
+        Listen::Fd(fd) => {
+            let mut held = args.inherited.lock().unwrap_or_else(|p| p.into_inner());
+            let adopted = match held.take() {
+                Some(listener) => listener,
+                None => bottle_runtime::proc::fd::adopt_listener(fd).map_err(fail)?,
+            };
+            let copy = adopted.try_clone();
+            *held = Some(adopted);
+            copy.map_err(fail)?
+        }
+    };
+    std_listener.set_nonblocking(true).map_err(fail)?;
+    tokio::net::TcpListener::from_std(std_listener).map_err(fail)
+}
+
 async fn spawn_store(
     name: &str,
     args: &GitGateArgs,
@@ -209,12 +241,10 @@ impl Actor for GitGateActor {
         if let Some(name) = &store {
             spawn_store(name, &args, myself.get_cell()).await?;
         }
-        let listener = tokio::net::TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| GitGateError::Bind { addr: settings.listen, source })?;
+        let listener = open_listener(&args)?;
         let listening = listener
             .local_addr()
-            .map_err(|source| GitGateError::Bind { addr: settings.listen, source })?;
+            .map_err(|source| GitGateError::Bind { listen: describe(settings.listen), source })?;
         tracing::info!(%listening, repos = gate.mirrors.len(), "Git gate listening.");
         *args.listening.lock().unwrap_or_else(|p| p.into_inner()) = Some(listening);
         let serve = tokio::spawn(crate::server::serve(Arc::new(gate), listener));
@@ -277,7 +307,14 @@ pub struct GitGateFactory {
 impl GitGateFactory {
     /// A factory for the gate these settings describe, with these secrets.
     pub fn new(settings: GitGateSettings, secrets: Secrets) -> GitGateFactory {
-        GitGateFactory { args: GitGateArgs { settings, secrets, listening: Arc::default() } }
+        GitGateFactory {
+            args: GitGateArgs {
+                settings,
+                secrets,
+                listening: Arc::default(),
+                inherited: Arc::default(),
+            },
+        }
     }
 
     /// Where the last started gate accepts connections (`None` before the first start).

@@ -72,10 +72,10 @@ pub enum GitGateError {
         detail: String,
     },
     /// The listening socket could not be bound.
-    #[error("git-gate: cannot listen on {addr}")]
+    #[error("git-gate: cannot listen on {listen}")]
     Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
+        /// The address, or `inherited fd N`.
+        listen: String,
         /// Why.
         #[source]
         source: std::io::Error,

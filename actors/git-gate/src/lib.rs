@@ -40,4 +40,4 @@ pub mod upstream;
 pub use actor::{GitGateActor, GitGateArgs, GitGateFactory, GitGateMsg, GitGateState, build_gate};
 pub use error::GitGateError;
 pub use server::{handle, serve};
-pub use settings::{GitGateSettings, RepoSettings};
+pub use settings::{GitGateSettings, Listen, RepoSettings};

@@ -9,196 +9,50 @@
 //! token by `token_ref`, resolved from the secrets the caller passes.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+pub use bottle_protocol::git_gate::{GitGateSettings, Listen, RepoSettings};
 
 use crate::GitGateError;
 
-/// Everything that configures one git gate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GitGateSettings {
-    /// Where the agent's git connects (smart HTTP). Default `127.0.0.1:9420`, the
-    /// reference system's port.
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
-    /// Directory holding one bare mirror per repository (`<root>/<name>.git`) and the
-    /// gate's own files (`<root>/.gate`). Default `/git`.
-    #[serde(default = "default_root")]
-    pub root: PathBuf,
-    /// The declared repositories by name; nothing else is served.
-    #[serde(default)]
-    pub repos: BTreeMap<String, RepoSettings>,
-    /// Largest request body accepted, in bytes (413 above). Default 100 MiB.
-    #[serde(default = "default_max_body")]
-    pub max_body_bytes: u64,
-    /// Budget for each upstream fetch or push, in seconds; past it the git child is
-    /// killed and the agent's request fails. Default 60.
-    #[serde(default = "default_upstream_timeout")]
-    pub upstream_timeout_seconds: u64,
-    /// Budget for serving one upload-pack request to the agent, in seconds. Default 600.
-    #[serde(default = "default_serve_timeout")]
-    pub serve_timeout_seconds: u64,
-    /// Largest single blob the push scanner reads, in bytes; a larger new blob refuses
-    /// the push (never skipped). Default 32 MiB.
-    #[serde(default = "default_max_blob")]
-    pub max_blob_bytes: u64,
-    /// Most new blob bytes one push may bring, in bytes; more refuses the push.
-    /// Default 512 MiB.
-    #[serde(default = "default_max_scan")]
-    pub max_scan_bytes: u64,
-    /// Budget for scanning one push, in seconds; past it the push is refused. Default 120.
-    #[serde(default = "default_scan_timeout")]
-    pub scan_timeout_seconds: u64,
-    /// pipelock's approval queue directory (shared with the egress proxy). Without it,
-    /// a push that asks for an exception is refused at once (fail closed).
-    #[serde(default)]
-    pub approvals: Option<PathBuf>,
-    /// How long a push waiting for an exception waits for a decision, in seconds.
-    #[serde(default = "default_hold_timeout")]
-    pub hold_timeout_seconds: u64,
-    /// This bottle's name in approval requests.
-    #[serde(default = "default_bottle")]
-    pub bottle: String,
-    /// Extra CA certificates (PEM) trusted for HTTPS upstreams (besides the system's).
-    #[serde(default)]
-    pub upstream_ca: Option<PathBuf>,
-    /// The git program. Default `git`, looked up on `path`.
-    #[serde(default = "default_git")]
-    pub git: PathBuf,
-    /// `PATH` of every git child (git finds its helpers, `ssh` and `git-remote-https`,
-    /// there). Default `/usr/local/bin:/usr/bin:/bin`.
-    #[serde(default = "default_path")]
-    pub path: String,
-}
-
-/// One declared repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RepoSettings {
-    /// The upstream: `https://host[:port]/path` or `ssh://[user@]host[:port]/path`.
-    pub url: String,
-    /// HTTPS: the name of the secret holding the token the gate sends upstream (HTTP
-    /// Basic, user `username`). Without it the upstream is reached anonymously.
-    #[serde(default)]
-    pub token_ref: Option<String>,
-    /// HTTPS: the Basic-auth user name paired with the token. Default `x-access-token`
-    /// (GitHub; GitLab takes `oauth2`).
-    #[serde(default = "default_username")]
-    pub username: String,
-    /// SSH: the private key file the gate authenticates with (never the agent's).
-    #[serde(default)]
-    pub identity: Option<PathBuf>,
-    /// SSH: the upstream's pinned host key, `<type> <base64>` (`ssh-ed25519 AAAA...`).
-    /// Required for SSH: without it the repository is refused.
-    #[serde(default)]
-    pub host_key: Option<String>,
-}
-
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9420))
-}
-fn default_root() -> PathBuf {
-    PathBuf::from("/git")
-}
-fn default_max_body() -> u64 {
-    100 * 1024 * 1024
-}
-fn default_upstream_timeout() -> u64 {
-    60
-}
-fn default_serve_timeout() -> u64 {
-    600
-}
-fn default_max_blob() -> u64 {
-    32 * 1024 * 1024
-}
-fn default_max_scan() -> u64 {
-    512 * 1024 * 1024
-}
-fn default_scan_timeout() -> u64 {
-    120
-}
-fn default_hold_timeout() -> u64 {
-    300
-}
-fn default_bottle() -> String {
-    "bottle".into()
-}
-fn default_git() -> PathBuf {
-    PathBuf::from("git")
-}
-fn default_path() -> String {
-    "/usr/local/bin:/usr/bin:/bin".into()
-}
-fn default_username() -> String {
-    "x-access-token".into()
-}
-
-impl GitGateSettings {
-    /// Settings with every default, mirrors under `root` and no repositories.
-    pub fn new(root: impl Into<PathBuf>) -> GitGateSettings {
-        GitGateSettings {
-            listen: default_listen(),
-            root: root.into(),
-            repos: BTreeMap::new(),
-            max_body_bytes: default_max_body(),
-            upstream_timeout_seconds: default_upstream_timeout(),
-            serve_timeout_seconds: default_serve_timeout(),
-            max_blob_bytes: default_max_blob(),
-            max_scan_bytes: default_max_scan(),
-            scan_timeout_seconds: default_scan_timeout(),
-            approvals: None,
-            hold_timeout_seconds: default_hold_timeout(),
-            bottle: default_bottle(),
-            upstream_ca: None,
-            git: default_git(),
-            path: default_path(),
+/// Every repository of `settings` checked: names, URLs, SSH pins. The first problem wins.
+pub fn validate(settings: &GitGateSettings) -> Result<BTreeMap<String, UpstreamUrl>, GitGateError> {
+    let mut out = BTreeMap::new();
+    for (name, repo) in &settings.repos {
+        let bad =
+            |problem: &str| GitGateError::Repo { name: name.clone(), problem: problem.into() };
+        if !valid_name(name) {
+            return Err(bad("the name must match [A-Za-z0-9._-]+ and not be . or .."));
         }
-    }
-
-    /// Every repository checked: names, URLs, SSH pins. The first problem wins.
-    pub fn validate(&self) -> Result<BTreeMap<String, UpstreamUrl>, GitGateError> {
-        let mut out = BTreeMap::new();
-        for (name, repo) in &self.repos {
-            let bad =
-                |problem: &str| GitGateError::Repo { name: name.clone(), problem: problem.into() };
-            if !valid_name(name) {
-                return Err(bad("the name must match [A-Za-z0-9._-]+ and not be . or .."));
+        let url = UpstreamUrl::parse(&repo.url).map_err(&bad)?;
+        if url.scheme == Scheme::Ssh {
+            if repo.identity.is_none() {
+                return Err(bad("an ssh upstream needs `identity` (the gate's key file)"));
             }
-            let url = UpstreamUrl::parse(&repo.url).map_err(&bad)?;
-            if url.scheme == Scheme::Ssh {
-                if repo.identity.is_none() {
-                    return Err(bad("an ssh upstream needs `identity` (the gate's key file)"));
+            match &repo.host_key {
+                None => {
+                    return Err(bad(
+                        "an ssh upstream needs `host_key` pinned (no trust on first use)",
+                    ));
                 }
-                match &repo.host_key {
-                    None => {
-                        return Err(bad(
-                            "an ssh upstream needs `host_key` pinned (no trust on first use)",
-                        ));
-                    }
-                    Some(key) if !valid_host_key(key) => {
-                        return Err(bad("`host_key` must be `<type> <base64>` on one line"));
-                    }
-                    Some(_) => {}
+                Some(key) if !valid_host_key(key) => {
+                    return Err(bad("`host_key` must be `<type> <base64>` on one line"));
                 }
-                if repo.token_ref.is_some() {
-                    return Err(bad("`token_ref` is for https upstreams; ssh uses `identity`"));
-                }
-            } else if repo.identity.is_some() || repo.host_key.is_some() {
-                return Err(bad("`identity` and `host_key` are for ssh upstreams"));
+                Some(_) => {}
             }
-            if repo.username.is_empty()
-                || !repo.username.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-            {
-                return Err(bad("`username` must be printable ASCII without ':'"));
+            if repo.token_ref.is_some() {
+                return Err(bad("`token_ref` is for https upstreams; ssh uses `identity`"));
             }
-            out.insert(name.clone(), url);
+        } else if repo.identity.is_some() || repo.host_key.is_some() {
+            return Err(bad("`identity` and `host_key` are for ssh upstreams"));
         }
-        Ok(out)
+        if repo.username.is_empty()
+            || !repo.username.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+        {
+            return Err(bad("`username` must be printable ASCII without ':'"));
+        }
+        out.insert(name.clone(), url);
     }
+    Ok(out)
 }
 
 /// Whether `name` may name a repository: `[A-Za-z0-9._-]+`, not `.` or `..`.
@@ -345,7 +199,7 @@ mod tests {
         RepoSettings {
             url: url.into(),
             token_ref: None,
-            username: default_username(),
+            username: "x-access-token".into(),
             identity: None,
             host_key: None,
         }
@@ -354,7 +208,7 @@ mod tests {
     fn check(name: &str, repo: RepoSettings) -> Result<(), String> {
         let mut s = GitGateSettings::new("/git");
         s.repos.insert(name.into(), repo);
-        s.validate().map(|_| ()).map_err(|e| e.to_string())
+        validate(&s).map(|_| ()).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -409,20 +263,5 @@ mod tests {
         let u = UpstreamUrl::parse("https://example.com/o/r.git").unwrap();
         assert_eq!(u.render(), "https://example.com/o/r.git");
         assert_eq!(u.known_hosts_name(), "example.com");
-    }
-
-    #[test]
-    fn the_table_parses_with_defaults_and_refuses_unknown_keys() {
-        let text = r#"
-            root = "/tmp/g"
-            [repos.demo]
-            url = "https://example.com/o/demo.git"
-            token_ref = "GITHUB_TOKEN"
-        "#;
-        let s: GitGateSettings = toml::from_str(text).unwrap();
-        assert_eq!(s.max_body_bytes, 100 * 1024 * 1024);
-        assert_eq!(s.repos["demo"].username, "x-access-token");
-        let err = toml::from_str::<GitGateSettings>("rooot = \"/x\"").unwrap_err();
-        assert!(err.to_string().contains("unknown field"), "{err}");
     }
 }

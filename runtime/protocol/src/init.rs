@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ProtocolError;
 use crate::egress::EgressSettings;
+use crate::git_gate::GitGateSettings;
 
 /// The whole `bottle-init` configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -226,13 +227,8 @@ impl Builtin {
     }
 }
 
-/// The git gate's settings. The git gate is not implemented yet: its keys are added
-/// with it, and until then any key is unknown and bottle-init refuses the builtin.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GitGateSettings {}
-
-/// The supervise server's settings. Not implemented yet, like [`GitGateSettings`].
+/// The supervise server's settings. Not implemented yet: its keys are added with it, and
+/// until then any key is unknown and bottle-init refuses the builtin.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SuperviseSettings {}
@@ -338,8 +334,11 @@ mod tests {
             error(text),
             "`daemon[0].builtin` is not one of `egress`, `git-gate`, `supervise`; did you mean `egress`?"
         );
-        let text = "[[daemon]]\nname = \"e\"\n[daemon.builtin.git-gate]\nrepos = 1\n";
-        assert_eq!(error(text), "unknown key `daemon[0].builtin.git-gate.repos`");
+        let text = "[[daemon]]\nname = \"e\"\n[daemon.builtin.git-gate.repos.r]\nulr = \"x\"\n";
+        assert_eq!(
+            error(text),
+            "unknown key `daemon[0].builtin.git-gate.repos.r.ulr`; did you mean `url`?"
+        );
         let text = "[[daemon]]\nname = \"e\"\nbuiltin = \"egress\"\n";
         assert_eq!(
             error(text),

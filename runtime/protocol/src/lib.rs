@@ -13,6 +13,7 @@
 pub mod control;
 pub mod egress;
 pub mod exit;
+pub mod git_gate;
 pub mod init;
 mod schema;
 pub mod secrets;

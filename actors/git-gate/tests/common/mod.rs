@@ -320,7 +320,7 @@ impl Fixture {
         run(&git, &seed, &["push", "-q", bare.to_str().unwrap(), "main"]).await;
 
         let mut settings = GitGateSettings::new(tmp.path().join("mirrors"));
-        settings.listen = "127.0.0.1:0".parse().unwrap();
+        settings.listen = bottle_git_gate::Listen::Addr("127.0.0.1:0".parse().unwrap());
         settings.upstream_ca = Some(upstream.ca_file.clone());
         settings.upstream_timeout_seconds = 20;
         settings.repos.insert(
