@@ -477,6 +477,9 @@ pub(crate) async fn run(options: Options) -> Result<i32, InitError> {
     *init.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.actor().clone());
     *init.feed.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.feed());
     tracing::info!(pid1 = is_pid1, grace = ?grace, control = ?control_path, "bottle-init started.");
+    // Start-up (arguments, configuration, the first spawns) is over: hand what it freed
+    // back to the kernel, so a bottle-long PID 1 does not keep it.
+    bottle_runtime::proc::memory::release_free_heap();
 
     let usr1_init = init.clone();
     let usr1_task = tokio::spawn(async move {

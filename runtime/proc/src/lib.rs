@@ -15,6 +15,7 @@ mod error;
 pub mod fd;
 pub mod fdpass;
 mod identity;
+pub mod memory;
 pub mod pty;
 mod reaper;
 pub mod signal;
