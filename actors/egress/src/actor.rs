@@ -67,7 +67,7 @@ pub struct EgressArgs {
     /// Limits.
     pub limits: Limits,
     /// The socket adopted from [`Listen::Fd`], once, on the first start.
-    inherited: Arc<Mutex<Option<std::net::TcpListener>>>,
+    inherited: bottle_runtime::listener::ListenerSlot,
     /// The CA and placeholders clients were given, kept for restarts.
     kept: Arc<Mutex<Kept>>,
 }
@@ -88,7 +88,7 @@ impl EgressArgs {
             settings,
             secrets,
             limits: Limits::default(),
-            inherited: Arc::default(),
+            inherited: Default::default(),
             kept: Arc::default(),
         }
     }
@@ -267,28 +267,11 @@ fn dlp_config(
 /// start, duplicated for each start after).
 fn open_listener(args: &EgressArgs) -> Result<tokio::net::TcpListener, EgressError> {
     let listen = args.settings.listen;
-    let fail = |source| EgressError::Listen {
-        listen: match listen {
-            Listen::Addr(addr) => addr.to_string(),
-            Listen::Fd(fd) => format!("inherited fd {fd}"),
-        },
-        source,
+    let opened = match listen {
+        Listen::Addr(addr) => args.inherited.bind(addr),
+        Listen::Fd(fd) => args.inherited.inherited(fd),
     };
-    let std_listener = match listen {
-        Listen::Addr(addr) => std::net::TcpListener::bind(addr).map_err(fail)?,
-        Listen::Fd(fd) => {
-            let mut held = args.inherited.lock().unwrap_or_else(|p| p.into_inner());
-            let adopted = match held.take() {
-                Some(listener) => listener,
-                None => bottle_runtime::proc::fd::adopt_listener(fd).map_err(fail)?,
-            };
-            let copy = adopted.try_clone();
-            *held = Some(adopted);
-            copy.map_err(fail)?
-        }
-    };
-    std_listener.set_nonblocking(true).map_err(fail)?;
-    tokio::net::TcpListener::from_std(std_listener).map_err(fail)
+    opened.map_err(|source| EgressError::Listen { listen: listen.to_string(), source })
 }
 
 async fn spawn_store(

@@ -48,7 +48,7 @@ pub struct GitGateArgs {
     listening: Arc<Mutex<Option<SocketAddr>>>,
     /// The socket adopted from [`Listen::Fd`], once, on the first start; clones share
     /// it, so a restart accepts on the same one.
-    inherited: Arc<Mutex<Option<std::net::TcpListener>>>,
+    inherited: bottle_runtime::listener::ListenerSlot,
 }
 
 /// The actor.
@@ -167,33 +167,15 @@ pub async fn build_gate(
     })
 }
 
-fn describe(listen: Listen) -> String {
-    match listen {
-        Listen::Addr(addr) => addr.to_string(),
-        Listen::Fd(fd) => format!("inherited fd {fd}"),
-    }
-}
-
 /// Binds the address, or accepts on the inherited descriptor (adopted on the first
 /// start, duplicated for each start after).
 fn open_listener(args: &GitGateArgs) -> Result<tokio::net::TcpListener, GitGateError> {
     let listen = args.settings.listen;
-    let fail = |source| GitGateError::Bind { listen: describe(listen), source };
-    let std_listener = match listen {
-        Listen::Addr(addr) => std::net::TcpListener::bind(addr).map_err(fail)?,
-        Listen::Fd(fd) => {
-            let mut held = args.inherited.lock().unwrap_or_else(|p| p.into_inner());
-            let adopted = match held.take() {
-                Some(listener) => listener,
-                None => bottle_runtime::proc::fd::adopt_listener(fd).map_err(fail)?,
-            };
-            let copy = adopted.try_clone();
-            *held = Some(adopted);
-            copy.map_err(fail)?
-        }
+    let opened = match listen {
+        Listen::Addr(addr) => args.inherited.bind(addr),
+        Listen::Fd(fd) => args.inherited.inherited(fd),
     };
-    std_listener.set_nonblocking(true).map_err(fail)?;
-    tokio::net::TcpListener::from_std(std_listener).map_err(fail)
+    opened.map_err(|source| GitGateError::Bind { listen: listen.to_string(), source })
 }
 
 async fn spawn_store(
@@ -244,7 +226,7 @@ impl Actor for GitGateActor {
         let listener = open_listener(&args)?;
         let listening = listener
             .local_addr()
-            .map_err(|source| GitGateError::Bind { listen: describe(settings.listen), source })?;
+            .map_err(|source| GitGateError::Bind { listen: settings.listen.to_string(), source })?;
         tracing::info!(%listening, repos = gate.mirrors.len(), "Git gate listening.");
         *args.listening.lock().unwrap_or_else(|p| p.into_inner()) = Some(listening);
         let serve = tokio::spawn(crate::server::serve(Arc::new(gate), listener));
@@ -312,7 +294,7 @@ impl GitGateFactory {
                 settings,
                 secrets,
                 listening: Arc::default(),
-                inherited: Arc::default(),
+                inherited: Default::default(),
             },
         }
     }

@@ -13,6 +13,7 @@ pub mod events;
 pub mod exit;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod listener;
 mod node;
 pub mod output;
 pub mod policy;

@@ -22,6 +22,15 @@ pub enum Listen {
     Fd(i32),
 }
 
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Addr(addr) => write!(f, "{addr}"),
+            Listen::Fd(fd) => write!(f, "inherited fd {fd}"),
+        }
+    }
+}
+
 impl Default for Listen {
     fn default() -> Listen {
         Listen::Addr(SocketAddr::from(([127, 0, 0, 1], 9099)))
