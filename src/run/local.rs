@@ -145,33 +145,14 @@ async fn kill_and_wait(
     identity: Option<ProcessIdentity>,
     grace: Duration,
 ) -> Result<(), String> {
-    let alive = || identity.is_some_and(|i| i.is_alive());
     let gone_within = |limit: Duration| async move {
         let schedule = bottle_runtime::readiness::PollSchedule::local(limit);
-        bottle_runtime::readiness::poll_until(
-            "the sandbox's exit",
-            schedule,
-            || 0.0,
-            || async { !alive() },
-        )
-        .await
-        .is_ok()
+        let probe = || async move { !identity.is_some_and(|i| i.is_alive()) };
+        bottle_runtime::readiness::poll_until("the sandbox's exit", schedule, || 0.0, probe)
+            .await
+            .is_ok()
     };
-    if !alive() {
-        return Ok(());
-    }
-    if !grace.is_zero() {
-        let _ = reaper.signal_group(pid, nix::sys::signal::Signal::SIGTERM as i32);
-        if gone_within(grace).await {
-            return Ok(());
-        }
-    }
-    let _ = reaper.signal_group(pid, nix::sys::signal::Signal::SIGKILL as i32);
-    if gone_within(Duration::from_secs(5)).await {
-        Ok(())
-    } else {
-        Err(format!("the sandbox (pid {pid}) did not exit after SIGKILL"))
-    }
+    super::stop::terminate(reaper, pid, "the sandbox", grace, gone_within).await
 }
 
 /// Where the `bottle-sandbox` helper and `bottle-init` are: beside the running `bottle`,

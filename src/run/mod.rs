@@ -11,6 +11,7 @@ pub mod local;
 pub mod provision;
 pub mod sidecar;
 pub mod signals;
+mod stop;
 pub mod tty;
 
 use std::path::{Path, PathBuf};

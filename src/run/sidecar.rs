@@ -252,40 +252,14 @@ impl Step for StartSidecar {
 
     async fn undo(&mut self) -> Result<(), LaunchError> {
         let Some(sidecar) = self.running.take() else { return Ok(()) };
-        stop_process(&self.reaper, sidecar.pid, &sidecar.exited, self.grace)
+        let gone_within = |limit: Duration| {
+            let mut rx = sidecar.exited.clone();
+            async move { tokio::time::timeout(limit, rx.wait_for(|s| s.is_some())).await.is_ok() }
+        };
+        super::stop::terminate(&self.reaper, sidecar.pid, "the sidecar", self.grace, gone_within)
             .await
             .map_err(|e| LaunchError::step(Self::NAME, e))
     }
-}
-
-/// SIGTERM to `pid`'s group, `grace` to exit, then SIGKILL and 5 s more.
-pub async fn stop_process(
-    reaper: &Reaper,
-    pid: Pid,
-    exited: &watch::Receiver<Option<ExitStatus>>,
-    grace: Duration,
-) -> Result<(), String> {
-    let wait = |limit: Duration| {
-        let mut rx = exited.clone();
-        async move { tokio::time::timeout(limit, rx.wait_for(|s| s.is_some())).await.is_ok() }
-    };
-    if exited.borrow().is_some() {
-        return Ok(());
-    }
-    let _ = reaper.signal_group(pid, libc_signal(nix::sys::signal::Signal::SIGTERM));
-    if wait(grace).await {
-        return Ok(());
-    }
-    let _ = reaper.signal_group(pid, libc_signal(nix::sys::signal::Signal::SIGKILL));
-    if wait(Duration::from_secs(5)).await {
-        Ok(())
-    } else {
-        Err(format!("process {pid} did not exit after SIGKILL"))
-    }
-}
-
-fn libc_signal(signal: nix::sys::signal::Signal) -> i32 {
-    signal as i32
 }
 
 /// A pipe already holding the secrets as JSON, write end closed: the read end.
