@@ -562,18 +562,7 @@ impl Launched {
     pub fn wait(mut self, timeout: Duration) -> (Finished, Observed) {
         use std::os::unix::process::ExitStatusExt;
         let mut child = self.child.take().expect("child");
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let status = external::wait_or_kill(&mut child, timeout);
         external::wait_until(Duration::from_secs(2), || {
             self.stdout.done.load(Ordering::SeqCst) && self.stderr.done.load(Ordering::SeqCst)
         });

@@ -182,6 +182,26 @@ pub mod external {
     #[derive(Debug)]
     pub struct Guarded(pub Option<Child>);
 
+    /// Waits up to `timeout` for `child` (polling every 5 ms), then kills and reaps it;
+    /// `None` when it had to be killed.
+    pub fn wait_or_kill(
+        child: &mut std::process::Child,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     impl Guarded {
         /// Spawns `command` with piped stdout and stderr.
         pub fn spawn(command: &mut Command) -> Guarded {
@@ -205,18 +225,7 @@ pub mod external {
             timeout: Duration,
         ) -> (Option<std::process::ExitStatus>, String, String) {
             let mut child = self.0.take().expect("child");
-            let deadline = Instant::now() + timeout;
-            let status = loop {
-                if let Some(status) = child.try_wait().expect("try_wait") {
-                    break Some(status);
-                }
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            };
+            let status = wait_or_kill(&mut child, timeout);
             let mut out = String::new();
             let mut err = String::new();
             if let Some(mut s) = child.stdout.take() {
