@@ -333,15 +333,10 @@ impl Actor for EgressActor {
         event: SupervisionEvent,
         state: &mut EgressState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match &event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.clone().unwrap_or_else(|| "stopped".into()))
-            }
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            _ => return Ok(()),
-        };
+        let Some(ended) = bottle_runtime::exit::linked_end(&event) else { return Ok(()) };
+        let why = ended.why;
         match &state.info.approval_store {
-            Some(name) if cell.get_name().as_deref() == Some(name.as_str()) => {
+            Some(name) if ended.name.as_deref() == Some(name.as_str()) => {
                 // Held requests wait on the store by name: a new one replays the journal
                 // and answers them.
                 tracing::warn!(%why, "The approval store stopped; restarting it.");

@@ -253,15 +253,10 @@ impl Actor for GitGateActor {
         event: SupervisionEvent,
         state: &mut GitGateState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match &event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.clone().unwrap_or_else(|| "stopped".into()))
-            }
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            _ => return Ok(()),
-        };
+        let Some(ended) = bottle_runtime::exit::linked_end(&event) else { return Ok(()) };
+        let why = ended.why;
         match &state.store {
-            Some(name) if cell.get_name().as_deref() == Some(name.as_str()) => {
+            Some(name) if ended.name.as_deref() == Some(name.as_str()) => {
                 // Held pushes wait on the store by name: a new one replays the journal.
                 tracing::warn!(%why, "The git gate's approval store stopped; restarting it.");
                 spawn_store(name, &state.args, myself.get_cell()).await

@@ -350,3 +350,25 @@ mod tests {
         assert_eq!(over.code(), 194);
     }
 }
+
+/// A linked actor that ended, as an actor holding links sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkedEnd {
+    /// Its registered name, if it has one.
+    pub name: Option<String>,
+    /// Why it ended: its stop reason ("stopped" when none) or its failure.
+    pub why: String,
+}
+
+/// The linked actor a supervision event says ended (terminated or failed); `None` for
+/// events that are not an end (a start, a process-group change).
+pub fn linked_end(event: &ractor::SupervisionEvent) -> Option<LinkedEnd> {
+    let (cell, why) = match event {
+        ractor::SupervisionEvent::ActorTerminated(cell, _, reason) => {
+            (cell, reason.clone().unwrap_or_else(|| "stopped".into()))
+        }
+        ractor::SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+        _ => return None,
+    };
+    Some(LinkedEnd { name: cell.get_name(), why })
+}
